@@ -1,0 +1,1332 @@
+"""imitate: imitation learning in one file of numpy and numba.
+
+Read it beside the lecture notes; copy a head or a loop into your own project; run the experiments:
+
+    python bench.py          # the lecture's results, with confidence intervals, in about a minute
+    python imitate.py        # a 20-second tour of the policy heads on bimodal demonstrations
+    pytest -q                # the tests: gradients, samplers, kernels, algorithms
+
+Papers implemented:
+1. Behavior cloning and its compounding error: Ross & Bagnell, Efficient Reductions for Imitation
+   Learning, AISTATS 2010.
+2. DAgger: Ross, Gordon & Bagnell, A Reduction of Imitation Learning and Structured Prediction to
+   No-Regret Online Learning, AISTATS 2011.
+3. HG-DAgger: Kelly, Sidrane, Driggs-Campbell & Kochenderfer, HG-DAgger: Interactive Imitation Learning
+   with Human Experts, ICRA 2019.
+4. DART: Laskey, Lee, Fox, Dragan & Goldberg, DART: Noise Injection for Robust Imitation Learning,
+   CoRL 2017.
+5. Mixture density networks: Bishop, Mixture Density Networks, 1994.
+6. DDPM: Ho, Jain & Abbeel 2020; DDIM: Song, Meng & Ermon 2021; cosine schedule: Nichol & Dhariwal 2021;
+   as used for actions by Diffusion Policy, Chi et al. 2023.
+7. Discretized autoregressive actions: Metz et al., Discrete Sequential Prediction of Continuous
+   Actions for Deep RL, 2017 (and the binned actions of RT-1, Brohan et al. 2022).
+8. Hindsight goal relabeling: GCSL, Ghosh et al. 2021; RvS, Emmons et al. 2022.
+
+Lecture idea -> where it lives:
+    L2 regression learns the conditional mean .......... L2Head.nll
+    expressive heads fit multimodal demonstrations ..... MixtureHead, AutoregressiveHead, DiffusionHead
+    BC's cost grows like eps T^2 ....................... bc, road_exact_cost
+    DAgger's cost grows like eps T ..................... dagger
+    human-gated corrections need fewer labels .......... hg_dagger
+    data with mistakes and recoveries helps ............ dart
+    any trajectory demonstrates reaching where it went . relabel, hindsight_bc
+"""
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+# ---- networks ----
+# Dimensions: B batch, I / J a layer's input / output width, O observation, A action, H hidden,
+# K mixture components, C classes (or bins), E embedding, N diffusion steps, S sampling steps,
+# T horizon, n environments.
+
+
+def linear_forward(x, W, b):
+    return x @ W + b  # (B, J); the cache is x itself
+
+
+def linear_backward(dout, x, W, dW, db):
+    dW += x.T @ dout  # (I, J)
+    db += dout.sum(0)  # (J,)
+    return dout @ W.T  # (B, I)
+
+
+def relu_forward(z):
+    return np.maximum(z, 0)
+
+
+def relu_backward(dout, z):
+    return dout * (z > 0)
+
+
+def tanh_forward(z):
+    return np.tanh(z)
+
+
+def tanh_backward(dout, z):
+    t = np.tanh(z)  # recomputed, not cached
+    return dout * (1 - t * t)
+
+
+def silu_forward(z):
+    return z / (1 + np.exp(-z))  # z * sigmoid(z)
+
+
+def silu_backward(dout, z):
+    s = 1 / (1 + np.exp(-z))
+    return dout * s * (1 + z * (1 - s))  # d/dz z s(z) = s + z s (1 - s)
+
+
+ACTIVATIONS = {
+    "relu": (relu_forward, relu_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "silu": (silu_forward, silu_backward),
+}
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A multilayer perceptron: Linear, activation, ..., Linear. Parameters live elsewhere, in one flat vector."""
+
+    sizes: tuple  # (I, H, ..., J): input width, hidden widths, output width
+    activation: str = "relu"  # relu, tanh or silu between layers; none after the last
+
+    def __post_init__(self):
+        if len(self.sizes) < 2 or any(int(s) != s or s < 1 for s in self.sizes):
+            raise ValueError(f"sizes must be at least two positive integers, got {self.sizes}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def shapes(self):
+        return {
+            name: shape
+            for i, (I, J) in enumerate(zip(self.sizes[:-1], self.sizes[1:]))
+            for name, shape in ((f"W{i}", (I, J)), (f"b{i}", (J,)))
+        }
+
+    @property
+    def n_params(self):
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def views(self, flat):
+        """Named views into the flat vector: {"W0": (I, H), "b0": (H,), ...}; writing to them writes to flat."""
+        out, i = {}, 0
+        for name, shape in self.shapes.items():
+            out[name] = flat[i : i + math.prod(shape)].reshape(shape)
+            i += math.prod(shape)
+        return out
+
+    def init(self, rng):
+        """He-normal weights for ReLU, LeCun-normal otherwise; zero biases. float32."""
+        flat = np.zeros(self.n_params, np.float32)
+        gain = 2.0 if self.activation == "relu" else 1.0
+        for name, view in self.views(flat).items():
+            if name[0] == "W":
+                view[:] = rng.standard_normal(view.shape) * math.sqrt(gain / view.shape[0])
+        return flat
+
+
+def mlp_forward(net, params, x):
+    """x (B, I) -> out (B, J) and the cache mlp_backward needs: every layer's input and pre-activation."""
+    act = ACTIVATIONS[net.activation][0]
+    p = net.views(params)
+    n_layers = len(net.sizes) - 1
+    xs, zs = [], []
+    h = x
+    for i in range(n_layers):
+        z = linear_forward(h, p[f"W{i}"], p[f"b{i}"])  # (B, H)
+        xs.append(h)
+        zs.append(z)
+        h = act(z) if i < n_layers - 1 else z
+    return h, (xs, zs)
+
+
+def mlp_backward(net, params, dout, cache, dparams):
+    """Accumulates the parameter gradients into dparams (same layout as params); returns dx (B, I)."""
+    act_backward = ACTIVATIONS[net.activation][1]
+    p, d = net.views(params), net.views(dparams)
+    xs, zs = cache
+    for i in reversed(range(len(xs))):
+        if i < len(xs) - 1:
+            dout = act_backward(dout, zs[i])  # (B, H)
+        dout = linear_backward(dout, xs[i], p[f"W{i}"], d[f"W{i}"], d[f"b{i}"])
+    return dout
+
+
+@njit(cache=True)
+def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, max_norm):
+    """One Adam step over the flat vector, in place; gradients first clipped to global norm max_norm (if > 0)."""
+    scale = 1.0
+    if max_norm > 0:
+        norm = math.sqrt(np.sum(grad.astype(np.float64) ** 2))
+        if norm > max_norm:
+            scale = max_norm / norm
+    c1, c2 = 1 - beta1**t, 1 - beta2**t  # bias corrections
+    for i in range(params.size):
+        g = grad[i] * scale
+        m[i] = beta1 * m[i] + (1 - beta1) * g  # m = b1 m + (1 - b1) g
+        v[i] = beta2 * v[i] + (1 - beta2) * g * g  # v = b2 v + (1 - b2) g^2
+        params[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) whose moments share the parameters' flat layout."""
+
+    def __init__(self, n, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, max_norm=0.0):
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be >= 0 (0 turns clipping off), got {max_norm}")
+        self.lr, self.betas, self.eps, self.max_norm = float(lr), betas, float(eps), float(max_norm)
+        self.m, self.v, self.t = np.zeros(n, np.float32), np.zeros(n, np.float32), 0
+
+    def step(self, params, grad):
+        self.t += 1
+        b1, b2 = self.betas
+        adam_update(params, grad, self.m, self.v, self.t, self.lr, b1, b2, self.eps, self.max_norm)
+
+
+# ---- policy heads ----
+# A head turns network outputs into an action distribution. Output heads (L2, Gaussian, mixture,
+# categorical) give nll(out, a) -> (loss, dout), sample(out, rng) and mode(out); the Head base class
+# runs the network around them. The autoregressive and diffusion heads call the network several
+# times per action, so they override the three policy_* methods instead.
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def logsumexp(x, axis=-1):
+    m = x.max(axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis, keepdims=True))).squeeze(axis)  # log sum_k e^x_k
+
+
+def log_softmax(x):
+    return x - logsumexp(x)[..., None]
+
+
+def sample_categorical(p, rng):
+    """p (B, C) rows summing to 1 -> (B,) indices, by inverting the CDF with one uniform per row."""
+    u = rng.random((len(p), 1), dtype=np.float32)
+    return np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1)
+
+
+def bounded_log_std(raw, lo, hi):
+    """Squash raw outputs into [lo, hi] with tanh, so that loss and gradient stay finite for any raw value.
+    With the default symmetric bounds a fresh network starts near sigma = 1, where every mixture component
+    still sees every mode; starting narrow lets one wide component take all and starve the others."""
+    t = np.tanh(raw)
+    return lo + 0.5 * (hi - lo) * (t + 1), 0.5 * (hi - lo) * (1 - t * t)  # log_std, dlog_std / draw
+
+
+def check_array(name, x, shape=None, dtype=None):
+    """Raise a ValueError naming x unless it is a finite array of the given shape (None matches any size)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if shape is not None and (x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape))):
+        raise ValueError(f"{name} must have shape {tuple('*' if s is None else s for s in shape)}, got {x.shape}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, found NaN or inf")
+    return x
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _log_std_bounds(lo, hi):
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"log_std_min < log_std_max must be finite, got {lo}, {hi}")
+    return float(lo), float(hi)
+
+
+def _action_bounds(low, high):
+    low, high = np.atleast_1d(np.asarray(low, np.float32)), np.atleast_1d(np.asarray(high, np.float32))
+    if low.shape != high.shape or low.ndim != 1 or not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"low and high must be finite 1-D arrays of one shape, got {low}, {high}")
+    if np.any(low >= high):
+        raise ValueError(f"bounds need low < high in every dimension, got low={low}, high={high}")
+    return low, high
+
+
+class Head:
+    """Base class: how many network outputs a head needs and how the policy runs the network around it."""
+
+    def net_in(self, obs_dim):
+        return obs_dim
+
+    def policy_loss(self, net, params, obs, a, rng):
+        out, cache = mlp_forward(net, params, obs)
+        loss, dout = self.nll(out, a)
+        dparams = np.zeros_like(params)
+        mlp_backward(net, params, dout, cache, dparams)
+        return loss, dparams
+
+    def policy_log_prob(self, net, params, obs, a):
+        return self.log_prob(mlp_forward(net, params, obs)[0], a)
+
+    def policy_sample(self, net, params, obs, rng):
+        return self.sample(mlp_forward(net, params, obs)[0], rng)
+
+    def policy_mode(self, net, params, obs):
+        return self.mode(mlp_forward(net, params, obs)[0])
+
+
+class L2Head(Head):
+    """The lecture's "version 0": a deterministic policy trained by squared error.
+
+    L = 1/B sum_i 1/2 ||a_i - mu_i||^2 equals the Gaussian NLL -log N(a; mu, I) up to the constant
+    (A/2) log 2 pi, so L2 regression is maximum likelihood with a fixed unit variance, and its
+    minimiser is the conditional mean E[a | s]: between the modes when demonstrations disagree.
+    """
+
+    def __init__(self, action_dim):
+        self.action_dim = self.n_out = _positive_int("action_dim", action_dim)
+
+    def nll(self, out, a):
+        diff = out - a  # (B, A)
+        return float(0.5 * (diff * diff).sum() / len(a)), diff / len(a)  # L = 1/B sum 1/2 ||mu - a||^2
+
+    def log_prob(self, out, a):
+        return -0.5 * ((out - a) ** 2).sum(1) - 0.5 * self.action_dim * LOG_2PI  # log N(a; mu, I)
+
+    def sample(self, out, rng):
+        return out.copy()
+
+    def mode(self, out):
+        return out.copy()
+
+
+class GaussianHead(Head):
+    """Diagonal Gaussian N(mu(s), diag sigma(s)^2) with log sigma squashed into [log_std_min, log_std_max]."""
+
+    def __init__(self, action_dim, log_std_min=-4.0, log_std_max=4.0):
+        self.action_dim = _positive_int("action_dim", action_dim)
+        self.n_out = 2 * self.action_dim
+        self.bounds = _log_std_bounds(log_std_min, log_std_max)
+
+    def terms(self, out, a):
+        A = self.action_dim
+        mu = out[:, :A]  # (B, A)
+        log_std, dlog_std_draw = bounded_log_std(out[:, A:], *self.bounds)  # (B, A)
+        inv_std = np.exp(-log_std)
+        z = (a - mu) * inv_std  # (B, A)
+        log_p = -(0.5 * z * z + log_std).sum(1) - 0.5 * A * LOG_2PI  # (B,) log N(a; mu, sigma)
+        return log_p, z, inv_std, dlog_std_draw
+
+    def log_prob(self, out, a):
+        return self.terms(out, a)[0]
+
+    def nll(self, out, a):
+        B = len(a)
+        log_p, z, inv_std, dlog_std_draw = self.terms(out, a)
+        dmu = -z * inv_std / B  # dL/dmu = -(a - mu) / sigma^2
+        dlog_std = (1 - z * z) / B  # dL/dlog_std = 1 - z^2
+        return float(-log_p.mean()), np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
+
+    def sample(self, out, rng):
+        A = self.action_dim
+        std = np.exp(bounded_log_std(out[:, A:], *self.bounds)[0])
+        return out[:, :A] + std * rng.standard_normal(std.shape, dtype=np.float32)
+
+    def mode(self, out):
+        return out[:, : self.action_dim].copy()
+
+
+class MixtureHead(Head):
+    """Mixture of K diagonal Gaussians (a mixture density network): outputs logits (K), mu (K A), raw log_std (K A)."""
+
+    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0):
+        self.action_dim = _positive_int("action_dim", action_dim)
+        self.K = _positive_int("components", components)
+        self.n_out = self.K * (1 + 2 * self.action_dim)
+        self.bounds = _log_std_bounds(log_std_min, log_std_max)
+
+    def split(self, out):
+        K, A = self.K, self.action_dim
+        logits = out[:, :K]  # (B, K)
+        mu = out[:, K : K + K * A].reshape(-1, K, A)  # (B, K, A)
+        log_std, dlog_std_draw = bounded_log_std(out[:, K + K * A :].reshape(-1, K, A), *self.bounds)  # (B, K, A)
+        return logits, mu, log_std, dlog_std_draw
+
+    def terms(self, out, a):
+        logits, mu, log_std, dlog_std_draw = self.split(out)
+        log_w = log_softmax(logits)  # (B, K)
+        inv_std = np.exp(-log_std)
+        z = (a[:, None, :] - mu) * inv_std  # (B, K, A)
+        log_n = -(0.5 * z * z + log_std).sum(2) - 0.5 * self.action_dim * LOG_2PI  # log N(a; mu_k, sigma_k)
+        log_joint = log_w + log_n  # (B, K)
+        log_p = logsumexp(log_joint)  # (B,)  log p = log sum_k w_k N(a; mu_k, sigma_k)
+        return log_p, log_w, log_joint, z, inv_std, dlog_std_draw
+
+    def log_prob(self, out, a):
+        return self.terms(out, a)[0]
+
+    def nll(self, out, a):
+        B = len(a)
+        log_p, log_w, log_joint, z, inv_std, dlog_std_draw = self.terms(out, a)
+        r = np.exp(log_joint - log_p[:, None])  # (B, K) responsibilities
+        dlogits = (np.exp(log_w) - r) / B  # dL/dlogits = w - r
+        dmu = -r[..., None] * z * inv_std / B  # dL/dmu_k = -r_k (a - mu_k) / sigma_k^2
+        dlog_std = r[..., None] * (1 - z * z) / B  # dL/dlog_std_k = r_k (1 - z_k^2)
+        dout = np.concatenate([dlogits, dmu.reshape(B, -1), (dlog_std * dlog_std_draw).reshape(B, -1)], 1)
+        return float(-log_p.mean()), dout
+
+    def sample(self, out, rng):
+        logits, mu, log_std, _ = self.split(out)
+        k = sample_categorical(np.exp(log_softmax(logits)), rng)  # pick a component, then a point in it
+        rows = np.arange(len(k))
+        noise = rng.standard_normal(mu[rows, k].shape, dtype=np.float32)
+        return mu[rows, k] + np.exp(log_std[rows, k]) * noise
+
+    def mode(self, out):
+        logits, mu, _, _ = self.split(out)
+        return mu[np.arange(len(mu)), logits.argmax(1)]  # the mean of the heaviest component
+
+
+def categorical_nll(logits, i):
+    """L = -1/B sum_b log softmax(logits_b)[i_b] and dL/dlogits = (softmax - onehot) / B."""
+    B = len(i)
+    log_p = log_softmax(logits)  # (B, C)
+    dlogits = np.exp(log_p)
+    dlogits[np.arange(B), i] -= 1
+    return float(-log_p[np.arange(B), i].mean()), dlogits / B
+
+
+class CategoricalHead(Head):
+    """A categorical over a finite set of C action values: values (C,) for 1-D actions or (C, A) vectors.
+    Each demonstrated action counts as its nearest value (exact for actions already in the set)."""
+
+    def __init__(self, values):
+        v = np.asarray(values, np.float32)
+        self.values = v[:, None] if v.ndim == 1 else v  # (C, A)
+        if self.values.ndim != 2 or len(self.values) < 2 or not np.isfinite(self.values).all():
+            raise ValueError(f"values must be at least two finite values or vectors, got {values}")
+        if len(np.unique(self.values, axis=0)) < len(self.values):
+            raise ValueError(f"values must be distinct, got {values}")
+        self.n_out, self.action_dim = self.values.shape
+
+    def index(self, a):
+        return ((a[:, None, :] - self.values) ** 2).sum(2).argmin(1)  # (B,) the nearest value
+
+    def nll(self, out, a):
+        return categorical_nll(out, self.index(a))  # L = -1/B sum log p(a_i | s_i)
+
+    def log_prob(self, out, a):
+        return log_softmax(out)[np.arange(len(a)), self.index(a)]
+
+    def sample(self, out, rng):
+        return self.values[sample_categorical(np.exp(log_softmax(out)), rng)]
+
+    def mode(self, out):
+        return self.values[out.argmax(1)]
+
+
+class AutoregressiveHead(Head):
+    """Discretized autoregressive actions: p(a | s) = prod_d p(a_d | a_<d, s), each factor a categorical
+    over C equal bins of dimension d's bounds; a sample is drawn uniformly inside its bin.
+
+    Wiring: one shared network, called once per dimension d on [s, centres of the bins already chosen
+    for dimensions < d (zero for d and later), one-hot of d] -> C logits. One network learns from every
+    dimension's data and keeps this head a plain use of the MLP and the categorical loss above; the
+    masked input makes the factorisation exact (the factor for d never sees a_d or later). Conditioning
+    on bin centres, not raw values, makes the model an exact distribution over the C^A grid of bins.
+    """
+
+    def __init__(self, low, high, bins=11):
+        self.low, self.high = _action_bounds(low, high)
+        self.action_dim, self.n_out = len(self.low), _positive_int("bins", bins, minimum=2)
+
+    def net_in(self, obs_dim):
+        return obs_dim + 2 * self.action_dim
+
+    def bins(self, a):
+        k = np.floor((a - self.low) / (self.high - self.low) * self.n_out)
+        return np.clip(k, 0, self.n_out - 1).astype(np.int64)  # (B, A)
+
+    def centres(self, k):
+        return (-1 + (2 * k + 1) / self.n_out).astype(np.float32)  # bin centres scaled to [-1, 1]
+
+    def inputs(self, obs, chosen, d):
+        B, O, A = len(obs), obs.shape[1], self.action_dim
+        x = np.zeros((B, O + 2 * A), obs.dtype)
+        x[:, :O] = obs
+        x[:, O : O + d] = chosen[:, :d]  # only the earlier dimensions: the mask
+        x[:, O + A + d] = 1  # which dimension is asked for
+        return x
+
+    def policy_loss(self, net, params, obs, a, rng):
+        k = self.bins(a)  # (B, A)
+        chosen = self.centres(k)
+        x = np.concatenate([self.inputs(obs, chosen, d) for d in range(self.action_dim)])  # (A B, O + 2A)
+        out, cache = mlp_forward(net, params, x)
+        loss, dout = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: true earlier bins
+        dparams = np.zeros_like(params)
+        A = self.action_dim  # L = -1/B sum_b sum_d log p(k_bd | k_b<d, s_b)
+        mlp_backward(net, params, dout * A, cache, dparams)
+        return loss * A, dparams
+
+    def log_prob_bins(self, net, params, obs, k):
+        """log p(k | s) of whole bin vectors k (B, A): the sum of the per-dimension log-probabilities."""
+        chosen, total = self.centres(k), 0
+        for d in range(self.action_dim):
+            log_p = log_softmax(mlp_forward(net, params, self.inputs(obs, chosen, d))[0])
+            total = total + log_p[np.arange(len(k)), k[:, d]]
+        return total
+
+    def policy_log_prob(self, net, params, obs, a):
+        """log density of continuous actions: log p(bins) - sum_d log(bin width_d); uniform inside a cell."""
+        return self.log_prob_bins(net, params, obs, self.bins(a)) - np.log((self.high - self.low) / self.n_out).sum()
+
+    def decode(self, net, params, obs, pick):
+        """Choose bins one dimension at a time with pick(logits) -> (B,) bins; returns the bins (B, A)."""
+        k = np.zeros((len(obs), self.action_dim), np.int64)
+        chosen = np.zeros((len(obs), self.action_dim), np.float32)
+        for d in range(self.action_dim):
+            k[:, d] = pick(mlp_forward(net, params, self.inputs(obs, chosen, d))[0])
+            chosen[:, d] = self.centres(k[:, d])
+        return k
+
+    def policy_sample(self, net, params, obs, rng):
+        k = self.decode(net, params, obs, lambda logits: sample_categorical(np.exp(log_softmax(logits)), rng))
+        u = rng.random(k.shape, dtype=np.float32)  # uniform inside the chosen bin
+        return self.low + (k.astype(np.float32) + u) / self.n_out * (self.high - self.low)
+
+    def policy_mode(self, net, params, obs):
+        k = self.decode(net, params, obs, lambda logits: logits.argmax(1))  # greedy, dimension by dimension
+        return self.low + (k.astype(np.float32) + 0.5) / self.n_out * (self.high - self.low)
+
+
+class Schedule(NamedTuple):
+    beta: np.ndarray  # (N,) noise added at step n
+    alpha: np.ndarray  # (N,) 1 - beta
+    alpha_bar: np.ndarray  # (N,) prod_{m <= n} alpha_m, so q(a_n | a_0) = N(sqrt(alpha_bar_n) a_0, 1 - alpha_bar_n)
+
+
+def cosine_schedule(steps=100, s=0.008, max_beta=0.999):
+    """Nichol & Dhariwal's cosine schedule (diffusers' "squaredcos_cap_v2"), in float64:
+    alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t / N + s) / (1 + s) pi / 2);
+    beta_n = min(1 - alpha_bar_n / alpha_bar_{n-1}, max_beta)."""
+    N = _positive_int("steps", steps)
+    if not 0 < max_beta < 1:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    f = np.cos((np.arange(N + 1) / N + s) / (1 + s) * np.pi / 2) ** 2
+    beta = np.minimum(1 - f[1:] / f[:-1], max_beta)
+    alpha = 1 - beta
+    return Schedule(beta, alpha, np.cumprod(alpha))
+
+
+def sinusoidal_forward(n, dim):
+    """Transformer-style embedding of step indices n (B,) -> (B, dim):
+    [sin(n w_j), cos(n w_j)] with w_j = 10000^(-j / (dim / 2))."""
+    w = np.exp(-math.log(10000) * np.arange(dim // 2) / (dim // 2))  # (dim/2,)
+    angle = np.asarray(n, np.float64)[:, None] * w  # (B, dim/2)
+    return np.concatenate([np.sin(angle), np.cos(angle)], 1)
+
+
+def sinusoidal_backward(dout, n, dim):
+    """d/dn of sum(dout * embedding(n)), treating n as continuous: (B,)."""
+    w = np.exp(-math.log(10000) * np.arange(dim // 2) / (dim // 2))
+    angle = np.asarray(n, np.float64)[:, None] * w
+    h = dim // 2
+    return (dout[:, :h] * w * np.cos(angle) - dout[:, h:] * w * np.sin(angle)).sum(1)
+
+
+def ddpm_sample(eps_fn, x, schedule, rng, clip=1.0):
+    """Ancestral sampling through all N steps: x_{n-1} ~ q(x_{n-1} | x_n, x0_hat), x0_hat clipped to +-clip."""
+    beta, alpha, alpha_bar = schedule
+    for n in reversed(range(len(beta))):
+        ab, ab_prev = float(alpha_bar[n]), float(alpha_bar[n - 1]) if n > 0 else 1.0
+        x0 = np.clip((x - math.sqrt(1 - ab) * eps_fn(x, n)) / math.sqrt(ab), -clip, clip)  # x0_hat
+        # posterior mean mu~ = (sqrt(ab_prev) beta x0 + sqrt(alpha) (1 - ab_prev) x_n) / (1 - ab)
+        x = (math.sqrt(ab_prev) * float(beta[n]) * x0 + math.sqrt(float(alpha[n])) * (1 - ab_prev) * x) / (1 - ab)
+        if n > 0:  # beta~ = beta (1 - ab_prev) / (1 - ab)
+            x = x + math.sqrt(float(beta[n]) * (1 - ab_prev) / (1 - ab)) * rng.standard_normal(x.shape, dtype=x.dtype)
+    return x
+
+
+def ddim_sample(eps_fn, x, alpha_bar, steps, clip=1.0):
+    """Deterministic DDIM (eta = 0) over `steps` evenly spaced steps out of N:
+    x0_hat = (x_n - sqrt(1 - ab_n) eps) / sqrt(ab_n);  x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) eps."""
+    N = len(alpha_bar)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= N:
+        raise ValueError(f"steps must be an integer in [1, N={N}], got {steps!r}")
+    ns = np.round(np.linspace(N - 1, 0, steps)).astype(np.int64)  # distinct since spacing >= 1
+    for j, n in enumerate(ns):
+        ab = float(alpha_bar[n])
+        ab_prev = float(alpha_bar[ns[j + 1]]) if j + 1 < steps else 1.0
+        eps = eps_fn(x, n)
+        x0 = np.clip((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab), -clip, clip)  # x0_hat
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+    return x
+
+
+class DiffusionHead(Head):
+    """DDPM with epsilon-prediction (Ho et al. 2020) over actions scaled to [-1, 1]: the network
+    eps_theta([a_n, embedding(n), s]) predicts the noise in a_n = sqrt(ab_n) a_0 + sqrt(1 - ab_n) eps.
+    Loss E||eps - eps_theta||^2; sampling by DDPM through all N steps or DDIM through S <= N."""
+
+    def __init__(self, low, high, steps=100, sample_steps=10, sampler="ddim", embed_dim=16):
+        self.low, self.high = _action_bounds(low, high)
+        self.action_dim = self.n_out = len(self.low)
+        self.schedule = cosine_schedule(steps)
+        if isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer)):
+            raise ValueError(f"sample_steps must be an integer, got {sample_steps!r}")
+        if not 1 <= sample_steps <= steps:
+            raise ValueError(f"sample_steps must lie in [1, steps={steps}], got {sample_steps}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        dim = _positive_int("embed_dim", embed_dim, minimum=2)
+        self.sample_steps, self.sampler = int(sample_steps), sampler
+        self.embedding = sinusoidal_forward(np.arange(steps), dim - dim % 2).astype(np.float32)  # (N, E)
+
+    def net_in(self, obs_dim):
+        return self.action_dim + self.embedding.shape[1] + obs_dim
+
+    def policy_loss(self, net, params, obs, a, rng):
+        B = len(a)
+        x0 = (2 * (a - self.low) / (self.high - self.low) - 1).astype(obs.dtype)  # (B, A) in [-1, 1]
+        n = rng.integers(0, len(self.embedding), B)  # a noise level per example
+        eps = rng.standard_normal(x0.shape).astype(obs.dtype)
+        ab = self.schedule.alpha_bar[n][:, None].astype(obs.dtype)
+        xn = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps  # a_n ~ q(a_n | a_0) in closed form
+        out, cache = mlp_forward(net, params, np.concatenate([xn, self.embedding[n].astype(obs.dtype), obs], 1))
+        diff = out - eps  # (B, A)
+        dparams = np.zeros_like(params)
+        mlp_backward(net, params, 2 * diff / B, cache, dparams)  # L = 1/B sum ||eps_theta - eps||^2
+        return float((diff * diff).sum() / B), dparams
+
+    def denoise(self, net, params, obs, x, rng):
+        def eps_fn(x, n):
+            emb = np.broadcast_to(self.embedding[n].astype(x.dtype), (len(x), self.embedding.shape[1]))
+            return mlp_forward(net, params, np.concatenate([x, emb, obs], 1))[0]
+
+        if self.sampler == "ddpm":
+            x0 = ddpm_sample(eps_fn, x, self.schedule, rng)
+        else:
+            x0 = ddim_sample(eps_fn, x, self.schedule.alpha_bar, self.sample_steps)
+        a = self.low + (x0 + 1) / 2 * (self.high - self.low)
+        return np.clip(a, self.low, self.high)  # actions within their bounds
+
+    def policy_log_prob(self, net, params, obs, a):
+        raise NotImplementedError("a diffusion policy has no tractable likelihood")
+
+    def policy_sample(self, net, params, obs, rng):
+        return self.denoise(net, params, obs, rng.standard_normal((len(obs), self.action_dim), dtype=np.float32), rng)
+
+    def policy_mode(self, net, params, obs):
+        """DDIM from one fixed noise draw: deterministic. (A zero start would sit on the symmetric midpoint
+        of a bimodal demonstration set, the very action the head exists to avoid.)"""
+        rng = np.random.default_rng(0)
+        return self.denoise(net, params, obs, rng.standard_normal((len(obs), self.action_dim), dtype=np.float32), rng)
+
+
+class Policy:
+    """A head on an MLP. Everything training changes is the one flat float32 vector self.params."""
+
+    def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu"):
+        self.head, self.obs_dim = head, _positive_int("obs_dim", obs_dim)
+        self.net = MLP((head.net_in(self.obs_dim), *hidden, head.n_out), activation)
+        self.params = self.net.init(_generator(rng))
+
+    def check(self, obs, a=None):
+        check_array("obs", obs, (None, self.obs_dim))
+        if len(obs) == 0:
+            raise ValueError("obs is empty: need at least one observation")
+        if a is not None:
+            check_array("actions", a, (len(obs), self.head.action_dim))
+
+    def loss(self, obs, a, rng):
+        """The head's loss on a batch and its gradient with respect to params (same layout)."""
+        self.check(obs, a)
+        return self.head.policy_loss(self.net, self.params, obs, a, _generator(rng))
+
+    def log_prob(self, obs, a):
+        """log p(a | s) (B,): a density for continuous actions, a probability for categorical ones."""
+        self.check(obs, a)
+        return self.head.policy_log_prob(self.net, self.params, obs, a)
+
+    def sample(self, obs, rng):
+        self.check(obs)
+        return self.head.policy_sample(self.net, self.params, obs, _generator(rng))
+
+    def act(self, obs):
+        """The deterministic action: the head's mean or mode."""
+        self.check(obs)
+        return self.head.policy_mode(self.net, self.params, obs)
+
+    def copy(self):
+        new = object.__new__(Policy)
+        new.__dict__.update(self.__dict__, params=self.params.copy())
+        return new
+
+
+def _generator(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+# ---- behavior cloning ----
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Minibatch training of a policy on (observation, action) pairs."""
+
+    steps: int = 1000  # gradient steps
+    batch_size: int = 256  # pairs per step, drawn uniformly with replacement
+    lr: float = 1e-3  # Adam's step size
+    cosine: bool = True  # decay the step size to zero along half a cosine (False: constant)
+    max_grad_norm: float = 0.0  # clip the global gradient norm to this; 0 turns clipping off
+
+    def __post_init__(self):
+        _positive_int("steps", self.steps)
+        _positive_int("batch_size", self.batch_size)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0):
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm!r}")
+
+
+def bc(policy, obs, actions, cfg=TrainConfig(), rng=None):
+    """Behavior cloning: minimise the head's loss on expert pairs by minibatch Adam. Returns the loss history."""
+    rng = _generator(rng)
+    policy.check(obs, actions)
+    obs, actions = obs.astype(np.float32), actions.astype(np.float32)
+    opt = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm)
+    losses = np.empty(cfg.steps, np.float32)
+    for step in range(cfg.steps):
+        if cfg.cosine:  # lr_t = lr (1 + cos(pi t / steps)) / 2
+            opt.lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        i = rng.integers(0, len(obs), cfg.batch_size)
+        losses[step], grad = policy.head.policy_loss(policy.net, policy.params, obs[i], actions[i], rng)
+        opt.step(policy.params, grad)
+    return losses
+
+
+# ---- toy world ----
+# Three tasks, each a batch of n environments stepped by one numba kernel, each with a scripted expert
+# that reads the true state and can label any state. Kernels take their randomness as arrays of
+# uniforms drawn by the env's np.random.Generator, so a kernel and its .py_func agree bit for bit.
+
+
+@njit(cache=True)
+def road_step(x, c, r, expert, move, u, reset, eps, lanes):
+    """One step of n roads, in place. State: lateral offset x in lanes (0 is the road), the turn c in
+    {-1, 0, 1} the road takes this step, and the learner's reading r of c, wrong with probability eps.
+    The car moves sideways by a - c, so steering with the turn keeps the lane. Rows with reset[i] start
+    over at x = 0 (their move is ignored). u (n, 3) uniforms draw the next turn and its reading.
+    expert (n, 1) holds pi*(s) for the current state. Returns the costs c(s, a) = 1[a != pi*(s)]."""
+    cost = np.zeros(x.size, np.float32)
+    for i in range(x.size):
+        if reset[i]:
+            x[i] = 0
+        else:
+            a = min(max(int(np.floor(move[i] + 0.5)), -2), 2)  # the executed move, rounded
+            cost[i] = 1.0 if a != expert[i, 0] else 0.0
+            x[i] = min(max(x[i] + a - c[i], -lanes), lanes)
+        c[i] = int(u[i, 0] * 3) - 1  # the next turn, uniform over {-1, 0, 1}
+        r[i] = c[i] if u[i, 1] >= eps else (c[i] + 2 + int(u[i, 2] * 2)) % 3 - 1  # or one of the other two
+        expert[i, 0] = min(max(c[i] - x[i], -2), 2)  # pi*(s): steer with the turn and back to the centre
+    return cost
+
+
+@njit(cache=True)
+def tree_expert(x, y, side, radius, waypoint):
+    """Head for the waypoint (side * waypoint, 0) beside the tree, then straight up, at unit speed."""
+    s = side if abs(x) < 0.5 * radius else (1.0 if x > 0 else -1.0)  # keep to a side already taken
+    dx, dy = (s * waypoint - x, -y) if y < 0 else (0.0, 1.0)
+    norm = math.sqrt(dx * dx + dy * dy)
+    return (dx / norm, dy / norm) if norm > 1e-9 else (0.0, 1.0)
+
+
+@njit(cache=True)
+def tree_step(pos, side, expert, action, u, reset, radius, waypoint, goal_y, dt, tol, start):
+    """One step of n point masses that must pass a round tree at the origin to reach y >= goal_y, in
+    place. Rows with reset[i] start at (start (2 u0 - 1), -1) with a fresh hidden side (u1). expert (n, 2)
+    holds pi*(s). Returns costs 1[||a - pi*(s)|| > tol], terminations (hit the tree or arrived), success."""
+    n = pos.shape[0]
+    cost, done, success = np.zeros(n, np.float32), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
+    for i in range(n):
+        if reset[i]:
+            pos[i, 0], pos[i, 1] = start * (2 * u[i, 0] - 1), -1.0
+            side[i] = 1.0 if u[i, 1] < 0.5 else -1.0  # the expert's hidden choice: left or right
+        else:
+            ax, ay = min(max(action[i, 0], -1.0), 1.0), min(max(action[i, 1], -1.0), 1.0)
+            cost[i] = 1.0 if math.sqrt((ax - expert[i, 0]) ** 2 + (ay - expert[i, 1]) ** 2) > tol else 0.0
+            pos[i, 0] += dt * ax
+            pos[i, 1] += dt * ay
+            hit = pos[i, 0] ** 2 + pos[i, 1] ** 2 < radius**2
+            success[i] = pos[i, 1] >= goal_y and not hit
+            done[i] = hit or success[i]
+        expert[i, 0], expert[i, 1] = tree_expert(pos[i, 0], pos[i, 1], side[i], radius, waypoint)
+    return cost, done, success
+
+
+@njit(cache=True)
+def goal_step(pos, goal, expert, action, u, reset, dt, radius, tol, start, play):
+    """One step of n point masses in the arena [-1, 1]^2 that should end within radius of their goal,
+    in place. Rows with reset[i] start uniformly in [-start, start]^2 with a goal uniform in the arena;
+    in play mode a goal, once reached, is replaced by a new one (the expert wanders). expert (n, 2) holds
+    pi*(s). Returns costs 1[||a - pi*(s)|| > tol] and success (within radius of the goal)."""
+    n = pos.shape[0]
+    cost, success = np.zeros(n, np.float32), np.zeros(n, np.bool_)
+    for i in range(n):
+        if reset[i]:
+            pos[i, 0], pos[i, 1] = start * (2 * u[i, 0] - 1), start * (2 * u[i, 1] - 1)
+            goal[i, 0], goal[i, 1] = 2 * u[i, 2] - 1, 2 * u[i, 3] - 1
+        else:
+            ax, ay = min(max(action[i, 0], -1.0), 1.0), min(max(action[i, 1], -1.0), 1.0)
+            cost[i] = 1.0 if math.sqrt((ax - expert[i, 0]) ** 2 + (ay - expert[i, 1]) ** 2) > tol else 0.0
+            pos[i, 0] = min(max(pos[i, 0] + dt * ax, -1.0), 1.0)
+            pos[i, 1] = min(max(pos[i, 1] + dt * ay, -1.0), 1.0)
+            if play and (pos[i, 0] - goal[i, 0]) ** 2 + (pos[i, 1] - goal[i, 1]) ** 2 < radius**2:
+                goal[i, 0], goal[i, 1] = 2 * u[i, 2] - 1, 2 * u[i, 3] - 1
+        success[i] = (pos[i, 0] - goal[i, 0]) ** 2 + (pos[i, 1] - goal[i, 1]) ** 2 < radius**2
+    goal_expert(pos, goal, dt, expert)
+    return cost, success
+
+
+@njit(cache=True)
+def goal_expert(pos, goal, dt, expert):
+    """pi*(s) into expert (n, 2): straight for the goal, as fast as the bounds [-1, 1] allow."""
+    for i in range(pos.shape[0]):
+        for j in range(2):
+            expert[i, j] = min(max((goal[i, j] - pos[i, j]) / dt, -1.0), 1.0)
+
+
+class VectorEnv:
+    """Gymnasium's vector-env conventions, without Gymnasium. reset(seed, options) -> (obs, info);
+    step(actions) -> (obs, rewards, terminations, truncations, info) with rewards = -cost; num_envs
+    sub-environments; truncation after `horizon` steps; next-step autoreset (a row whose episode ended
+    restarts on the following step() and ignores that step's action). expert(obs) and unsafe(obs)
+    read the true state, not obs: the expert knows what the learner cannot see."""
+
+    action_dim = obs_dim = 0
+
+    def __init__(self, num_envs, horizon, seed):
+        self.num_envs, self.horizon = _positive_int("num_envs", num_envs), _positive_int("horizon", horizon)
+        self.rng = np.random.default_rng(seed)
+        self.t, self.done = np.zeros(self.num_envs, np.int64), np.ones(self.num_envs, bool)
+        self.expert_action = np.zeros((self.num_envs, self.action_dim))  # pi*(s), kept by the kernel
+
+    def expert(self, obs=None):
+        return self.expert_action.astype(np.float32)  # (n, A)
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.t[:] = 0
+        self.done[:] = False
+        _, _, info = self.advance(np.zeros((self.num_envs, self.action_dim)), np.ones(self.num_envs, bool))
+        return self.observe(), info
+
+    def step(self, actions):
+        actions = check_array("actions", actions, (self.num_envs, self.action_dim)).astype(np.float64)
+        reset = self.done.copy()  # next-step autoreset
+        cost, terminated, info = self.advance(actions, reset)
+        self.t = np.where(reset, 0, self.t + 1)
+        terminated = terminated & ~reset
+        truncated = (self.t >= self.horizon) & ~terminated
+        self.done = terminated | truncated
+        return self.observe(), -cost, terminated, truncated, info
+
+
+class Road(VectorEnv):
+    """The compounding-error task. Finite states (offset x in -lanes..lanes, turn c) and finite
+    observations (x and a noisy reading r of c) so J(pi) can be computed exactly (road_exact_cost).
+    The expert never errs; the learner's best guess, a = r, errs with probability eps at every step.
+    Moves are -2..2 (actions are rounded and clipped). From any offset the expert is back on the
+    road within `lanes` steps; a learner that never saw the roadside may stay off it forever."""
+
+    action_dim = 1
+
+    def __init__(self, num_envs=256, horizon=50, eps=0.01, lanes=3, seed=0):
+        super().__init__(num_envs, horizon, seed)
+        if not 0 <= eps < 2 / 3:
+            raise ValueError(f"eps must lie in [0, 2/3) (the reading must beat a guess), got {eps}")
+        self.eps, self.lanes = float(eps), _positive_int("lanes", lanes)
+        self.table = road_features(self.lanes)  # (n_obs, O)
+        self.obs_dim = self.table.shape[1]
+        self.x, self.c, self.r = (np.zeros(self.num_envs, np.int64) for _ in range(3))
+
+    def advance(self, actions, reset):
+        u = self.rng.random((self.num_envs, 3))
+        cost = road_step(self.x, self.c, self.r, self.expert_action, actions[:, 0], u, reset, self.eps, self.lanes)
+        return cost, np.zeros(self.num_envs, bool), {}
+
+    def observation_index(self):
+        return (self.x + self.lanes) * 3 + self.r + 1  # (n,) in [0, 3 (2 lanes + 1))
+
+    def observe(self):
+        return self.table[self.observation_index()]  # (n, O)
+
+    def unsafe(self, obs=None):
+        return self.x != 0  # off the road
+
+
+def road_features(lanes):
+    """Observation vectors for every (x, r), row (x + lanes) * 3 + r + 1: one-hot reading, then
+    thermometer offset features [x >= 1, ..., x >= lanes, x <= -1, ..., x <= -lanes] (all zero on the road)."""
+    x = np.repeat(np.arange(-lanes, lanes + 1), 3)[:, None]  # (n_obs, 1)
+    r = np.tile(np.arange(-1, 2), 2 * lanes + 1)[:, None]
+    k = np.arange(1, lanes + 1)
+    return np.concatenate([r == np.arange(-1, 2), x >= k, x <= -k], 1).astype(np.float32)
+
+
+def road_exact_cost(move_probs, horizon, eps, lanes):
+    """Exact J(pi) for T = 1..horizon from the reset state. move_probs (n_obs, 5): the policy's
+    probability of each move -2..2 at each observation (rows as in road_features). The turn is fresh
+    every step, so the offset's distribution is a Markov chain: d_{t+1} = d_t P_pi, J_T = sum_{t<T} d_t k_pi."""
+    X = 2 * lanes + 1
+    check_array("move_probs", move_probs, (3 * X, 5))
+    P, k = np.zeros((X, X)), np.zeros(X)  # P_pi and the expected cost of one step from each offset
+    for x in range(-lanes, lanes + 1):
+        for c in (-1, 0, 1):
+            for r in (-1, 0, 1):
+                p_read = (1 - eps) if r == c else eps / 2
+                for a in range(-2, 3):
+                    w = p_read * move_probs[(x + lanes) * 3 + r + 1, a + 2] / 3
+                    k[x + lanes] += w * (a != min(max(c - x, -2), 2))
+                    P[x + lanes, min(max(x + a - c, -lanes), lanes) + lanes] += w
+    d, per_step = np.eye(X)[lanes], np.zeros(horizon)  # start on the road
+    for t in range(horizon):
+        per_step[t] = d @ k
+        d = d @ P
+    return per_step.cumsum()  # (horizon,): J for T = 1..horizon
+
+
+def road_move_probs(actions):
+    """(n_obs, 1) deterministic actions, or (samples, n_obs, 1) sampled ones -> (n_obs, 5) move frequencies."""
+    moves = np.clip(np.floor(actions[..., 0] + 0.5), -2, 2).astype(np.int64) + 2
+    onehot = np.eye(5)[moves]
+    return onehot if onehot.ndim == 2 else onehot.mean(0)
+
+
+class Tree(VectorEnv):
+    """The multimodal task: a point mass starts below a round tree and must reach y >= 1 without
+    touching it. The expert passes left or right with equal probability (a hidden per-episode side),
+    so demonstrations are bimodal before the tree and their average drives into it. Actions: velocity
+    in [-1, 1]^2, dt = 0.1. Cost 1[||a - pi*(s)|| > 0.1]; success: reaching the far side untouched."""
+
+    action_dim, obs_dim = 2, 2
+    radius, waypoint, goal_y, dt, tol, start = 0.3, 0.7, 1.0, 0.1, 0.1, 0.05
+
+    def __init__(self, num_envs=256, horizon=40, seed=0):
+        super().__init__(num_envs, horizon, seed)
+        self.pos, self.side = np.zeros((self.num_envs, 2)), np.ones(self.num_envs)
+
+    def advance(self, actions, reset):
+        u = self.rng.random((self.num_envs, 2))
+        args = (self.radius, self.waypoint, self.goal_y, self.dt, self.tol, self.start)
+        cost, done, success = tree_step(self.pos, self.side, self.expert_action, actions, u, reset, *args)
+        return cost, done, {"success": success}
+
+    def observe(self):
+        return self.pos.astype(np.float32)
+
+    def unsafe(self, obs=None):
+        return np.hypot(*self.pos.T) < self.radius + 0.1  # close to the tree
+
+
+class Goals(VectorEnv):
+    """The goal-reaching task: a point mass in [-1, 1]^2 should end within 0.1 of a goal anywhere in the
+    arena; the observation is the position (2) and info["goal"] the goal. Actions: velocity in [-1, 1]^2,
+    dt = 0.1. With play=True the expert wanders from random goal to random goal: data for hindsight relabeling.
+    reset(options={"goals": (n, 2)}) sets the goals; start sets the half-width of the start square."""
+
+    action_dim, obs_dim = 2, 2
+    dt, radius, tol = 0.1, 0.1, 0.1
+
+    def __init__(self, num_envs=256, horizon=30, play=False, start=0.5, seed=0):
+        super().__init__(num_envs, horizon, seed)
+        if not 0 <= start <= 1:
+            raise ValueError(f"start must lie in [0, 1], got {start}")
+        self.play, self.start = bool(play), float(start)
+        self.pos, self.goal = np.zeros((self.num_envs, 2)), np.zeros((self.num_envs, 2))
+
+    def reset(self, seed=None, options=None):
+        obs, info = super().reset(seed)
+        if options and "goals" in options:
+            self.goal[:] = check_array("options['goals']", np.asarray(options["goals"], np.float64), (self.num_envs, 2))
+            goal_expert(self.pos, self.goal, self.dt, self.expert_action)
+        return obs, {**info, "goal": self.goal.astype(np.float32)}
+
+    def advance(self, actions, reset):
+        u = self.rng.random((self.num_envs, 4))
+        args = (self.dt, self.radius, self.tol, self.start, self.play)
+        cost, success = goal_step(self.pos, self.goal, self.expert_action, actions, u, reset, *args)
+        return cost, np.zeros(self.num_envs, bool), {"success": success, "goal": self.goal.astype(np.float32)}
+
+    def observe(self):
+        return self.pos.astype(np.float32)
+
+
+# ---- data ----
+
+TRAJECTORY_FIELDS = {  # name: (dtype, shape in terms of n, T, O, A, G; required)
+    "observations": (np.float32, "n T+1 O", True),
+    "actions": (np.float32, "n T A", True),
+    "costs": (np.float32, "n T", True),
+    "mask": (np.bool_, "n T", True),
+    "labels": (np.float32, "n T A", False),
+    "intervened": (np.bool_, "n T", False),
+    "goals": (np.float32, "n G", False),
+    "success": (np.bool_, "n", False),
+}
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """n recorded episodes of up to T steps, one per row; steps after a row's episode ended are masked out."""
+
+    observations: np.ndarray  # (n, T+1, O) float32: s_0 .. s_T (a row's last real one is repeated after it ends)
+    actions: np.ndarray  # (n, T, A) float32: the executed actions
+    costs: np.ndarray  # (n, T) float32: c(s_t, a_t)
+    mask: np.ndarray  # (n, T) bool: step t is a real transition of the row's episode
+    labels: np.ndarray = None  # (n, T, A) float32: the expert's action at each visited state
+    intervened: np.ndarray = None  # (n, T) bool: the expert was in control (HG-DAgger, DAgger's mixture)
+    goals: np.ndarray = None  # (n, G) float32: the goal each episode was given
+    success: np.ndarray = None  # (n,) bool: the episode ended in success
+
+    def __post_init__(self):
+        o = self.observations
+        check_array("observations", o, (None, None, None), np.float32)
+        n, T, O = o.shape[0], o.shape[1] - 1, o.shape[2]
+        if T < 1:
+            raise ValueError(f"observations must hold T+1 >= 2 steps per row, got {o.shape[1]}")
+        sizes = {"n": n, "T": T, "T+1": T + 1, "O": O, "A": None, "G": None}
+        for name, (dtype, dims, required) in TRAJECTORY_FIELDS.items():
+            value = getattr(self, name)
+            if value is None:
+                if required:
+                    raise ValueError(f"{name} is required")
+                continue
+            check_array(name, value, tuple(sizes[d] for d in dims.split()), dtype)
+            if "A" in dims:  # actions and labels share A
+                sizes["A"] = value.shape[2]
+
+    @property
+    def total_cost(self):
+        return (self.costs * self.mask).sum(1)  # (n,)
+
+    def pairs(self, labels=True, where=None):
+        """Flatten to (observation, action) pairs over the real steps (and where `where` (n, T) holds):
+        the expert's labels by default, the executed actions with labels=False."""
+        if labels and self.labels is None:
+            raise ValueError("these trajectories hold no expert labels; use labels=False for the executed actions")
+        m = self.mask if where is None else self.mask & where
+        return self.observations[:, :-1][m], (self.labels if labels else self.actions)[m]
+
+    def save(self, path):
+        np.savez(path, **{k: getattr(self, k) for k in TRAJECTORY_FIELDS if getattr(self, k) is not None})
+
+    @classmethod
+    def load(cls, path):
+        """Load a .npz written by save; no pickles; shapes, dtypes and finiteness are checked."""
+        with np.load(path, allow_pickle=False) as z:
+            unknown = set(z.files) - set(TRAJECTORY_FIELDS)
+            if unknown:
+                raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+            fields = {}
+            for k in z.files:
+                try:
+                    fields[k] = z[k]
+                except ValueError as e:  # an object array: loading it would run pickle
+                    raise ValueError(f"{path}: field {k} holds Python objects, which are refused") from e
+        return cls(**fields)
+
+
+def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):
+    """Run T steps of every sub-environment of a vector env and record one episode per row.
+
+    Who acts at each step (each line is marked where it happens below):
+      policy(obs) -> actions        the learner, by default
+      expert(obs), prob. beta       DAgger's per-step mixture beta pi* + (1 - beta) pi_hat (beta = 1: demos)
+      expert while the gate holds   HG-DAgger: control passes to the expert when gate(obs) flags a row
+                                    unsafe and back after `handback` consecutive safe steps
+      + N(0, noise^2)               DART: the executed action is perturbed; the label stays the intended one
+    With an expert, every visited state is labeled. A row stops recording when its episode ends, so no
+    transition crosses an episode boundary (the env autoresets on the next step)."""
+    rng = _generator(rng)
+    if policy is None and (expert is None or beta < 1):
+        raise ValueError("without a policy the expert must act: give expert and beta=1")
+    if not 0 <= beta <= 1 or not noise >= 0:
+        raise ValueError(f"need beta in [0, 1] and noise >= 0, got beta={beta}, noise={noise}")
+    if (beta > 0 or gate is not None) and expert is None:
+        raise ValueError("beta > 0 and gate need an expert")
+    T = _positive_int("T", T)
+    obs, info = env.reset(seed=seed, options=options)
+    goals = info.get("goal") if isinstance(info, dict) else None
+    n = len(obs)
+    observations = np.zeros((n, T + 1, obs.shape[1]), np.float32)
+    observations[:, 0] = obs
+    actions, labels = None, None
+    costs, mask = np.zeros((n, T), np.float32), np.zeros((n, T), bool)
+    intervened, success = np.zeros((n, T), bool), np.zeros(n, bool)
+    alive, in_control, safe_steps = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
+    for t in range(T):
+        label = None if expert is None else np.asarray(expert(obs), np.float32)
+        a = label if policy is None else np.asarray(policy(obs), np.float32)  # the learner acts
+        takeover = rng.random(n) < beta if beta > 0 else np.zeros(n, bool)  # DAgger: the expert acts w.p. beta
+        if gate is not None:  # HG-DAgger: the expert takes over while the row is unsafe, with hysteresis
+            unsafe = np.asarray(gate(obs), bool)
+            safe_steps = np.where(unsafe, 0, safe_steps + 1)
+            in_control = np.where(in_control, safe_steps < handback, unsafe)
+            takeover |= in_control
+        if label is not None:
+            a = np.where(takeover[:, None], label, a)
+        if noise > 0:  # DART: the expert's hand shakes; its label does not
+            a = a + np.float32(noise) * rng.standard_normal(a.shape, dtype=np.float32)
+        if actions is None:
+            actions = np.zeros((n, T, a.shape[1]), np.float32)
+            labels = None if label is None else np.zeros((n, T, a.shape[1]), np.float32)
+        obs, reward, terminated, truncated, info = env.step(a)
+        actions[:, t], costs[:, t], mask[:, t], intervened[:, t] = a, -reward, alive, takeover & alive
+        if labels is not None:
+            labels[:, t] = label
+        if "success" in info:
+            success = np.where(alive, info["success"], success)
+        observations[:, t + 1] = np.where(alive[:, None], obs, observations[:, t])
+        alive &= ~(terminated | truncated)
+        if not alive.any():
+            observations[:, t + 2 :] = observations[:, t + 1 : t + 2]
+            break
+    return Trajectories(
+        observations,
+        actions,
+        costs * mask,
+        mask,
+        labels,
+        intervened if (beta > 0 or gate is not None) else None,
+        None if goals is None else np.asarray(goals, np.float32),
+        success if "success" in info else None,
+    )
+
+
+# ---- algorithms ----
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """Interactive imitation (DAgger, HG-DAgger) and noisy demonstrations (DART)."""
+
+    rounds: int = 5  # data-collection rounds, each followed by retraining
+    horizon: int = 50  # steps per rollout; each rollout runs every sub-environment of the env
+    beta: str = "first"  # DAgger's mixing: "first" 1[i = 1], "exponential" p^(i-1), "linear" 1 - (i-1)/rounds
+    p: float = 0.5  # base of the exponential schedule
+    warm_start: bool = True  # retrain from the current parameters (False: from a fresh init each round)
+    stochastic: bool = False  # the learner samples its actions (True) or takes its deterministic action
+    handback: int = 2  # HG-DAgger: consecutive safe steps before the expert hands control back
+    tol: float = 0.1  # an action disagrees with the expert's label when ||a - label|| > tol
+    val_seed: int = 12345  # validation rollouts use this seed every round: common random numbers
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        _positive_int("rounds", self.rounds)
+        _positive_int("horizon", self.horizon)
+        _positive_int("handback", self.handback)
+        if self.beta not in ("first", "exponential", "linear"):
+            raise ValueError(f"beta must be 'first', 'exponential' or 'linear', got {self.beta!r}")
+        if not 0 <= self.p <= 1:
+            raise ValueError(f"p must lie in [0, 1], got {self.p}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+
+
+def beta_schedule(kind, rounds, p=0.5):
+    """beta_i for rounds i = 1..rounds: the probability that the expert acts at a step of round i."""
+    i = np.arange(rounds)
+    return {"first": (i == 0) * 1.0, "exponential": p**i, "linear": 1 - i / rounds}[kind]
+
+
+@dataclass
+class Result:
+    """What an interactive algorithm returns."""
+
+    best: Policy  # the iterate with the lowest validation cost: DAgger's guarantee is for this one
+    last: Policy  # the final iterate
+    log: list  # one dict per round
+    obs: np.ndarray  # the aggregated dataset the last iterate was trained on
+    actions: np.ndarray
+
+
+def actor(policy, rng, stochastic=False):
+    """The callable a rollout runs: the policy's sample (stochastic) or its deterministic action."""
+    return (lambda obs: policy.sample(obs, rng)) if stochastic else policy.act
+
+
+def disagreement(traj, tol):
+    """The learner's 0-1 error on the states it visited: mean over real steps of 1[||a - label|| > tol]."""
+    wrong = np.linalg.norm(traj.actions - traj.labels, axis=2) > tol
+    return float(wrong[traj.mask].mean())
+
+
+def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None):
+    """The loop DAgger, HG-DAgger and DART share: collect, aggregate, retrain, validate, keep the best.
+    collect(i, learner) -> (Trajectories, where) gives round i's data: labels at the real steps where `where` holds."""
+    rng = _generator(rng)
+    obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
+    act_data = [] if actions is None else [np.asarray(actions, np.float32)]
+    best, best_cost, log = None, np.inf, []
+    for i in range(cfg.rounds):
+        traj, where = collect(i, actor(policy, rng, cfg.stochastic))
+        o, a = traj.pairs(where=where)  # the expert labels the states the rollout visited
+        obs_data.append(o)
+        act_data.append(a)
+        O, A = np.concatenate(obs_data), np.concatenate(act_data)  # aggregate: the dataset only grows
+        if len(O) == 0:
+            raise ValueError("no expert labels were collected: nothing to train on")
+        if not cfg.warm_start:
+            policy.params = policy.net.init(rng)
+        bc(policy, O, A, cfg.train, rng)
+        val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=expert, seed=cfg.val_seed)
+        cost = float(val.total_cost.mean())
+        log.append(
+            dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol))
+            | ({} if where is None else _interventions(traj))
+        )
+        if cost < best_cost:
+            best, best_cost = policy.copy(), cost
+    return Result(best, policy.copy(), log, O, A)
+
+
+def _interventions(traj):
+    on = traj.intervened & traj.mask
+    switches = (np.diff(on.astype(np.int8), axis=1) != 0).sum() + on[:, 0].sum()
+    return dict(intervention_rate=float(on.sum() / traj.mask.sum()), switches=int(switches))
+
+
+def dagger(policy, env, expert, cfg=DaggerConfig(), rng=None):
+    """DAgger (Ross, Gordon & Bagnell 2011): roll out beta_i pi* + (1 - beta_i) pi_hat_i, let the expert
+    label every visited state, aggregate, retrain. Returns the best iterate on validation and the last."""
+    betas = beta_schedule(cfg.beta, cfg.rounds, cfg.p)
+
+    def collect(i, learner):
+        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, beta=float(betas[i]), seed=_seed(rng))
+        return traj, None  # DAgger: every visited state is labeled, whoever acted
+
+    return interactive(policy, env, expert, cfg, rng, collect)
+
+
+def hg_dagger(policy, env, expert, gate, obs, actions, cfg=DaggerConfig(), rng=None):
+    """HG-DAgger (Kelly et al. 2019): start from BC on demonstrations (obs, actions); the learner drives;
+    the expert takes over while gate(obs) flags a row unsafe and hands back once it has recovered.
+    Only the expert's takeover segments are added to the data."""
+    bc(policy, np.asarray(obs, np.float32), np.asarray(actions, np.float32), cfg.train, _generator(rng))
+
+    def collect(i, learner):
+        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, gate=gate, handback=cfg.handback, seed=_seed(rng))
+        return traj, traj.intervened  # HG-DAgger: only where the expert was in control
+
+    return interactive(policy, env, expert, cfg, rng, collect, obs, actions)
+
+
+def dart(policy, env, expert, noise, cfg=DaggerConfig(), rng=None):
+    """DART (Laskey et al. 2017): the expert demonstrates with Gaussian noise of std `noise` added to the
+    executed action, and each visited state is labeled with the expert's intended action, so the data
+    holds small mistakes and the recoveries from them. Each round adds one batch of noisy demonstrations."""
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+
+    def collect(i, learner):
+        traj = rollout(env, None, cfg.horizon, rng, expert=expert, beta=1.0, noise=noise, seed=_seed(rng))
+        return traj, None  # DART: the expert acts, perturbed; the labels are its intended actions
+
+    return interactive(policy, env, expert, cfg, rng, collect)
+
+
+def _seed(rng):
+    return int(_generator(rng).integers(2**31))
+
+
+def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
+    """Hindsight relabeling (GCSL, Ghosh et al. 2021): every trajectory demonstrates reaching the states it
+    reached. Returns new Trajectories whose observations have a goal appended: obs[..., achieved] of the
+    episode's final state ("final"), or of a uniformly drawn strictly later state t2 > t ("future").
+    The executed actions become the labels. traj is not modified."""
+    if strategy not in ("future", "final"):
+        raise ValueError(f"strategy must be 'future' or 'final', got {strategy!r}")
+    rng = _generator(rng)
+    n, T1, _ = traj.observations.shape
+    length = traj.mask.sum(1)  # (n,) real steps; the final state is observations[:, length]
+    t = np.arange(T1)[None, :]  # (1, T+1)
+    if strategy == "final":
+        t2 = np.broadcast_to(length[:, None], (n, T1))
+    else:  # which goal is relabeled: a later state, t2 uniform in t+1 .. length (GCSL's tie-break t2 > t)
+        t2 = t + 1 + np.floor(rng.random((n, T1)) * np.maximum(length[:, None] - t, 1)).astype(np.int64)
+        t2 = np.minimum(t2, length[:, None])
+    goal = traj.observations[np.arange(n)[:, None], t2][..., achieved]  # (n, T+1, G)
+    observations = np.concatenate([traj.observations, goal], 2)
+    return Trajectories(observations, traj.actions.copy(), traj.costs.copy(), traj.mask.copy(), traj.actions.copy())
+
+
+def hindsight_bc(policy, traj, cfg=TrainConfig(), rng=None, strategy="future", achieved=slice(0, 2)):
+    """Goal-conditioned BC on relabeled trajectories; the policy's observation is [obs, goal]."""
+    relabeled = relabel(traj, rng, strategy, achieved)
+    return bc(policy, *relabeled.pairs(), cfg, rng)
+
+
+# ---- evaluation ----
+
+
+def bootstrap_ci(values, rng, n_boot=2000, level=0.95):
+    """Percentile bootstrap interval of the mean. Resamples counts of the distinct values (multinomial),
+    which equals resampling the values themselves and is fast for costs that take few values."""
+    values = check_array("values", np.asarray(values, np.float64), (None,))
+    if len(values) == 0:
+        raise ValueError("values is empty")
+    uniq, counts = np.unique(values, return_counts=True)
+    means = _generator(rng).multinomial(len(values), counts / len(values), size=n_boot) @ uniq / len(values)
+    return np.quantile(means, [(1 - level) / 2, (1 + level) / 2]), means
+
+
+def loglog_slope(x, y):
+    """Least-squares slope of log y against log x (y along the last axis): 2 for eps T^2, 1 for eps T."""
+    lx = np.log(np.asarray(x, np.float64))
+    ly = np.log(np.asarray(y, np.float64))
+    lx = lx - lx.mean()
+    return ((ly - ly.mean(-1, keepdims=True)) * lx).sum(-1) / (lx * lx).sum()
+
+
+# ---- tour ----
+
+
+def tour(seed=0, steps=1500):
+    """Every head, trained by BC on bimodal demonstrations (a = +1 or -1 with equal odds, whatever the
+    observation), and what each one learned: L2 and the Gaussian's mean land between the modes; the
+    expressive heads sample both modes and rarely the midpoint."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (4096, 2)).astype(np.float32)
+    actions = rng.choice(np.float32([-1, 1]), (4096, 1))
+    heads = {
+        "l2": L2Head(1),
+        "gaussian": GaussianHead(1),
+        "mixture": MixtureHead(1, 5),
+        "categorical": CategoricalHead([-1, 0, 1]),
+        "autoregressive": AutoregressiveHead([-1.5], [1.5], bins=15),
+        "diffusion": DiffusionHead([-1.5], [1.5]),
+    }
+    test = rng.uniform(-1, 1, (2000, 2)).astype(np.float32)
+    print(f"{'head':<15}{'final loss':>11}{'mean action':>13}{'near -1':>9}{'near +1':>9}{'near 0':>8}")
+    for name, head in heads.items():
+        policy = Policy(head, 2, rng)
+        losses = bc(policy, obs, actions, TrainConfig(steps=steps), rng)
+        a = policy.sample(test, rng)[:, 0]
+        near = [np.mean(np.abs(a - m) < 0.5) for m in (-1, 1, 0)]
+        print(f"{name:<15}{losses[-100:].mean():>11.3f}{a.mean():>13.2f}{near[0]:>9.0%}{near[1]:>9.0%}{near[2]:>8.0%}")
+
+
+if __name__ == "__main__":
+    tour()

@@ -1,0 +1,378 @@
+"""Tests mirror the lecture: one property per claim, gradients against float64 central differences,
+jitted kernels against their Python originals, and a tiny end-to-end run of every algorithm."""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import imitate as im
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25)
+settings.register_profile("dev", deadline=None, max_examples=25)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+f64 = np.float64
+
+
+def numerical_grad(f, x, h=1e-6):
+    """Central differences of a scalar function f at x (float64), one coordinate at a time."""
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e.flat[i] = h
+        g.flat[i] = (f(x + e) - f(x - e)) / (2 * h)
+    return g
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-8)
+
+
+def make_heads(action_dim=2):
+    low, high = -np.ones(action_dim), np.ones(action_dim)
+    return {
+        "l2": im.L2Head(action_dim),
+        "gaussian": im.GaussianHead(action_dim),
+        "mixture": im.MixtureHead(action_dim, 3),
+        "categorical": im.CategoricalHead(np.array(np.meshgrid(*[[-1, 0, 1]] * action_dim)).reshape(action_dim, -1).T),
+        "autoregressive": im.AutoregressiveHead(low, high, bins=4),
+        "diffusion": im.DiffusionHead(low, high, steps=10, sample_steps=5),
+    }
+
+
+# ---- networks ----
+
+
+@given(B=st.integers(1, 4), I=st.integers(1, 5), J=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_linear_backward_matches_central_differences(B, I, J, seed):
+    rng = np.random.default_rng(seed)
+    x, W, b, dout = rng.standard_normal((B, I)), rng.standard_normal((I, J)), rng.standard_normal(J), rng.standard_normal((B, J))
+    dW, db = np.zeros_like(W), np.zeros_like(b)
+    dx = im.linear_backward(dout, x, W, dW, db)
+    loss = lambda x, W, b: (im.linear_forward(x, W, b) * dout).sum()  # noqa: E731
+    assert rel_err(dx, numerical_grad(lambda v: loss(v, W, b), x)) < 1e-6
+    assert rel_err(dW, numerical_grad(lambda v: loss(x, v, b), W)) < 1e-6
+    assert rel_err(db, numerical_grad(lambda v: loss(x, W, v), b)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "silu"])
+@given(z=st.lists(st.floats(-4, 4), min_size=1, max_size=12))
+def test_activation_backward_matches_central_differences(name, z):
+    z = np.array(z, f64)
+    if name == "relu":  # no derivative at the kink: test only away from it
+        assume(np.abs(z).min() > 1e-3)
+    forward, backward = im.ACTIVATIONS[name]
+    dout = np.linspace(-1, 1, z.size)
+    numeric = numerical_grad(lambda v: (forward(v) * dout).sum(), z)
+    assert np.abs(backward(dout, z) - numeric).max() < 1e-8
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu", "relu"])
+@given(depth=st.integers(1, 3), width=st.integers(1, 6), B=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_mlp_backward_matches_central_differences(activation, depth, width, B, seed):
+    rng = np.random.default_rng(seed)
+    net = im.MLP((3, *[width] * depth, 2), activation)
+    params, x, dout = net.init(rng).astype(f64), rng.standard_normal((B, 3)), rng.standard_normal((B, 2))
+    if activation == "relu":  # skip draws where a difference step would cross a kink
+        zs = im.mlp_forward(net, params, x)[1][1][:-1]
+        assume(all(np.abs(z).min() > 1e-4 for z in zs))
+    out, cache = im.mlp_forward(net, params, x)
+    dparams = np.zeros_like(params)
+    dx = im.mlp_backward(net, params, dout, cache, dparams)
+    assert rel_err(dparams, numerical_grad(lambda p: (im.mlp_forward(net, p, x)[0] * dout).sum(), params)) < 1e-6
+    assert rel_err(dx, numerical_grad(lambda v: (im.mlp_forward(net, params, v)[0] * dout).sum(), x)) < 1e-6
+
+
+def test_parameters_are_one_flat_float32_vector_with_named_views():
+    net = im.MLP((3, 8, 2))
+    params = net.init(np.random.default_rng(0))
+    views = net.views(params)
+    assert params.dtype == np.float32 and params.size == net.n_params == 3 * 8 + 8 + 8 * 2 + 2
+    views["b1"][:] = 7
+    assert np.all(params[-2:] == 7)  # a view writes through to the flat vector
+
+
+def test_adam_kernel_equals_its_python_original_and_clips():
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(50).astype(np.float32), 10 * rng.standard_normal(50).astype(np.float32)
+    m, v = np.zeros(50, np.float32), np.zeros(50, np.float32)
+    copies = [x.copy() for x in (p, m, v)]
+    im.adam_update(p, g, m, v, 1, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+    im.adam_update.py_func(*copies[:1], g, *copies[1:], 1, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+    assert np.allclose(p, copies[0], rtol=0, atol=1e-7) and np.allclose(m, copies[1], atol=1e-9)
+    assert np.allclose(m, 0.1 * g / np.linalg.norm(g.astype(f64)), atol=1e-7)  # clipped to norm 1 first
+
+
+# ---- policy heads ----
+
+OUTPUT_HEADS = ["l2", "gaussian", "mixture", "categorical"]
+
+
+@pytest.mark.parametrize("name", OUTPUT_HEADS)
+@given(B=st.integers(1, 4), seed=st.integers(0, 2**16), scale=st.floats(0.1, 3))
+def test_head_loss_gradient_matches_central_differences(name, B, seed, scale):
+    head = make_heads()[name]
+    rng = np.random.default_rng(seed)
+    out, a = scale * rng.standard_normal((B, head.n_out)), rng.uniform(-1, 1, (B, 2))
+    _, dout = head.nll(out, a)
+    assert rel_err(dout, numerical_grad(lambda o: head.nll(o, a)[0], out)) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(make_heads()))
+def test_policy_gradient_wrt_flat_parameters_matches_central_differences(name):
+    head = make_heads()[name]
+    rng = np.random.default_rng(1)
+    policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
+    params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
+
+    def loss(p):  # a fresh generator each call: the diffusion head draws its noise from it
+        return head.policy_loss(policy.net, p, obs, a, np.random.default_rng(7))
+
+    assert rel_err(loss(params)[1], numerical_grad(lambda p: loss(p)[0], params)) < 1e-6
+
+
+@pytest.mark.parametrize("name", OUTPUT_HEADS)
+@given(raw=st.floats(-1e4, 1e4), seed=st.integers(0, 2**16))
+def test_losses_and_gradients_stay_finite_for_huge_outputs(name, raw, seed):
+    head = make_heads()[name]
+    rng = np.random.default_rng(seed)
+    out = (raw * rng.choice([-1, 1], (3, head.n_out))).astype(np.float32)
+    loss, dout = head.nll(out, rng.uniform(-1, 1, (3, 2)).astype(np.float32))
+    assert np.isfinite(loss) and np.isfinite(dout).all() and dout.dtype == np.float32
+
+
+@given(x=st.lists(st.floats(-50, 50), min_size=1, max_size=20))
+def test_logsumexp_matches_float64_brute_force(x):
+    x = np.array(x, f64)
+    assert abs(im.logsumexp(x) - np.log(np.exp(x).sum())) < 1e-12 * max(1, abs(x).max())
+    assert np.isfinite(im.logsumexp(np.array([1e4, -1e4], np.float32)))  # where brute force overflows
+
+
+@given(logits=st.lists(st.floats(-1e4, 1e4), min_size=2, max_size=8))
+def test_categorical_probabilities_sum_to_one(logits):
+    p = np.exp(im.log_softmax(np.array([logits], np.float32)))
+    assert abs(p.sum() - 1) < 1e-5
+
+
+def test_mixture_density_integrates_to_one_in_1d_and_2d():
+    rng = np.random.default_rng(0)
+    for A, n in ((1, 20001), (2, 801)):
+        head = im.MixtureHead(A, 3, log_std_min=-1, log_std_max=0.5)  # scales the grid resolves
+        out = rng.standard_normal((1, head.n_out)).astype(f64)
+        axis = np.linspace(-12, 12, n)
+        grid = np.stack(np.meshgrid(*[axis] * A), -1).reshape(-1, A)
+        density = np.exp(head.log_prob(np.repeat(out, len(grid), 0), grid))
+        assert abs(density.sum() * (axis[1] - axis[0]) ** A - 1) < 1e-3
+
+
+def test_one_component_mixture_equals_the_gaussian():
+    rng = np.random.default_rng(0)
+    out, a = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    gaussian, mixture = im.GaussianHead(2), im.MixtureHead(2, 1)
+    mix_out = np.concatenate([rng.standard_normal((5, 1)), out], 1)  # any logit: its weight is 1
+    assert np.allclose(gaussian.log_prob(out, a), mixture.log_prob(mix_out, a))
+    assert np.allclose(gaussian.nll(out, a)[1], mixture.nll(mix_out, a)[1][:, 1:])
+
+
+@given(mu=st.lists(st.floats(-3, 3), min_size=4, max_size=4), seed=st.integers(0, 2**16))
+def test_l2_is_the_fixed_variance_gaussian_nll_up_to_a_constant(mu, seed):
+    """Same loss up to (A/2) log 2 pi and the same gradient in mu: the same minimiser."""
+    a = np.random.default_rng(seed).standard_normal((2, 2))
+    mu = np.array(mu, f64).reshape(2, 2)
+    gaussian = im.GaussianHead(2, log_std_min=-1, log_std_max=1)  # raw 0 -> log_std exactly 0
+    out = np.concatenate([mu, np.zeros((2, 2))], 1)
+    l2_loss, l2_grad = im.L2Head(2).nll(mu, a)
+    g_loss, g_grad = gaussian.nll(out, a)
+    assert abs(g_loss - l2_loss - np.log(2 * np.pi)) < 1e-12
+    assert np.allclose(g_grad[:, :2], l2_grad)
+
+
+def test_l2_optimum_is_conditional_mean():
+    rng = np.random.default_rng(0)
+    contexts, n = 5, 4000
+    c = rng.integers(0, contexts, n)
+    obs = np.eye(contexts, dtype=np.float32)[c]
+    targets = rng.standard_normal((n, 1)).astype(np.float32) + c[:, None] % 2  # noisy targets per context
+    policy = im.Policy(im.L2Head(1), contexts, rng, hidden=(32,))
+    im.bc(policy, obs, targets, im.TrainConfig(steps=1500, batch_size=2048, lr=1e-3), rng)
+    means = np.array([targets[c == k].mean() for k in range(contexts)])
+    assert np.abs(policy.act(np.eye(contexts, dtype=np.float32))[:, 0] - means).max() < 0.05
+
+
+@pytest.fixture(scope="module")
+def bimodal():
+    """Every head trained by BC on demos that go to -1 or +1 with equal odds in each of 16 states."""
+    rng = np.random.default_rng(0)
+    states = rng.uniform(-1, 1, (16, 2)).astype(np.float32)
+    obs = np.repeat(states, 128, 0)  # exactly half the demos in each state go each way
+    actions = np.tile(np.float32([[-1], [1]]), (1024, 1))
+    heads = {
+        "l2": im.L2Head(1),
+        "gaussian": im.GaussianHead(1),
+        "mixture": im.MixtureHead(1, 5),
+        "categorical": im.CategoricalHead([-1, 0, 1]),
+        "autoregressive": im.AutoregressiveHead([-1.5], [1.5], bins=9),
+        "diffusion": im.DiffusionHead([-1.5], [1.5], steps=50, sample_steps=10),
+    }
+    test_obs = states[rng.integers(0, 16, 1000)]
+    result = {}
+    for name, head in heads.items():
+        policy = im.Policy(head, 2, rng, hidden=(64, 64))
+        im.bc(policy, obs, actions, im.TrainConfig(steps=2000, lr=2e-3), rng)
+        result[name] = policy, policy.act(test_obs)[:, 0], policy.sample(test_obs, rng)[:, 0]
+    return result
+
+
+@pytest.mark.parametrize("name", ["l2", "gaussian"])
+def test_bc_l2_and_gaussian_mean_land_on_the_midpoint(bimodal, name):
+    assert np.abs(bimodal[name][1]).max() < 0.1
+
+
+@pytest.mark.parametrize("name", ["mixture", "categorical", "autoregressive", "diffusion"])
+def test_expressive_heads_sample_both_modes_and_rarely_the_midpoint(bimodal, name):
+    samples = bimodal[name][2]
+    left, right = np.mean(np.abs(samples + 1) < 0.35), np.mean(np.abs(samples - 1) < 0.35)
+    assert 0.35 < left < 0.65 and 0.35 < right < 0.65
+    assert np.mean(np.abs(samples) < 0.5) < 0.08
+
+
+def test_same_seed_same_parameters_bit_for_bit():
+    def train(seed):
+        rng = np.random.default_rng(seed)
+        obs = rng.standard_normal((100, 3)).astype(np.float32)
+        policy = im.Policy(im.MixtureHead(2, 2), 3, rng)
+        im.bc(policy, obs, obs[:, :2] * 2, im.TrainConfig(steps=20, batch_size=16), rng)
+        return policy.params
+
+    assert np.array_equal(train(3), train(3)) and not np.array_equal(train(3), train(4))
+
+
+def test_float32_stays_float32():
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((8, 3)).astype(np.float32)
+    for head in make_heads().values():
+        policy = im.Policy(head, 3, rng)
+        loss, grad = policy.loss(obs, rng.uniform(-1, 1, (8, 2)).astype(np.float32), rng)
+        assert grad.dtype == np.float32 and policy.sample(obs, rng).dtype == np.float32
+        assert policy.act(obs).dtype == np.float32
+
+
+def test_bad_input_raises_clear_errors():
+    rng = np.random.default_rng(0)
+    policy = im.Policy(im.L2Head(2), 3, rng)
+    obs, act = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    cases = [
+        (lambda: im.bc(policy, obs, act[:3], rng=rng), "actions must have shape"),
+        (lambda: im.bc(policy, obs[:, :2], act, rng=rng), "obs must have shape"),
+        (lambda: im.bc(policy, np.full((4, 3), np.nan, np.float32), act, rng=rng), "obs must be finite"),
+        (lambda: im.bc(policy, obs, np.full((4, 2), np.inf, np.float32), rng=rng), "actions must be finite"),
+        (lambda: im.bc(policy, obs[:0], act[:0], rng=rng), "obs is empty"),
+        (lambda: im.MixtureHead(2, 0), "components must be an integer >= 1"),
+        (lambda: im.TrainConfig(lr=0), "lr must be a positive"),
+        (lambda: im.TrainConfig(lr=float("nan")), "lr must be a positive"),
+        (lambda: im.TrainConfig(batch_size=0), "batch_size"),
+        (lambda: im.GaussianHead(2, log_std_min=2, log_std_max=-2), "log_std_min < log_std_max"),
+        (lambda: im.MLP((3, 0, 2)), "sizes"),
+        (lambda: im.MLP((3, 2), "sigmoid"), "activation"),
+        (lambda: im.CategoricalHead([1, 1]), "distinct"),
+        (lambda: im.AutoregressiveHead([0], [1], bins=1), "bins must be an integer >= 2"),
+        (lambda: im.AutoregressiveHead([1], [0]), "low < high"),
+        (lambda: im.DiffusionHead([0], [1], steps=0), "steps must be an integer >= 1"),
+        (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=11), "sample_steps must lie in"),
+        (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=0), "sample_steps must lie in"),
+        (lambda: im.ddim_sample(None, np.zeros((1, 1)), np.ones(5) * 0.5, 6), "steps must be an integer in"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        im.bc(policy, obs, act, rng=0)
+
+
+# ---- expressive heads ----
+
+
+def test_autoregressive_joint_over_all_bins_sums_to_one():
+    rng = np.random.default_rng(0)
+    head = im.AutoregressiveHead([-1, -1, 0], [1, 1, 2], bins=3)
+    policy = im.Policy(head, 2, rng)
+    grid = np.array(np.meshgrid(*[range(3)] * 3, indexing="ij")).reshape(3, -1).T  # all 27 bin vectors
+    for obs in rng.standard_normal((4, 1, 2)).astype(np.float32):
+        log_p = head.log_prob_bins(policy.net, policy.params, np.repeat(obs, len(grid), 0), grid)
+        assert abs(np.exp(log_p.astype(f64)).sum() - 1) < 1e-5
+
+
+def test_autoregressive_head_represents_a_correlated_joint():
+    """Demos at (-1, -1) and (1, 1): independent factors would put half their mass on (-1, 1) and (1, -1)."""
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (2048, 2)).astype(np.float32)
+    actions = rng.choice(np.float32([-1, 1]), (2048, 1)) * np.ones(2, np.float32)
+    policy = im.Policy(im.AutoregressiveHead([-1.5, -1.5], [1.5, 1.5], bins=7), 2, rng)
+    im.bc(policy, obs, actions, im.TrainConfig(steps=600, lr=2e-3), rng)
+    a = policy.sample(obs[:1000], rng)
+    off_diagonal = np.mean(np.sign(a[:, 0]) != np.sign(a[:, 1]))
+    independent = 2 * np.mean(a[:, 0] > 0) * np.mean(a[:, 1] < 0)  # the product of the same marginals
+    assert off_diagonal < 0.03 and independent > 0.4
+
+
+def test_cosine_schedule_is_well_formed():
+    beta, alpha, alpha_bar = im.cosine_schedule(100)
+    assert np.all((beta > 0) & (beta <= 0.999)) and np.allclose(alpha, 1 - beta)
+    assert np.all(np.diff(alpha_bar) < 0) and alpha_bar[0] < 1 and alpha_bar[-1] >= 0
+
+
+def test_closed_form_q_matches_iterating_the_forward_process():
+    rng = np.random.default_rng(0)
+    beta, _, alpha_bar = im.cosine_schedule(20)
+    a0 = np.full(200_000, 0.7)
+    x = a0.copy()
+    for n in range(12):  # x_n = sqrt(1 - beta_n) x_{n-1} + sqrt(beta_n) eps
+        x = np.sqrt(1 - beta[n]) * x + np.sqrt(beta[n]) * rng.standard_normal(x.size)
+    mean, var = np.sqrt(alpha_bar[11]) * 0.7, 1 - alpha_bar[11]
+    se = np.sqrt(var / x.size)
+    assert abs(x.mean() - mean) < 5 * se and abs(x.var() - var) < 5 * var * np.sqrt(2 / x.size)
+
+
+@given(S=st.integers(1, 30), seed=st.integers(0, 2**16))
+def test_ddim_with_a_perfect_noise_oracle_returns_a0(S, seed):
+    rng = np.random.default_rng(seed)
+    alpha_bar = im.cosine_schedule(30).alpha_bar
+    a0 = rng.uniform(-1, 1, (5, 2))
+    n0 = 29
+    x = np.sqrt(alpha_bar[n0]) * a0 + np.sqrt(1 - alpha_bar[n0]) * rng.standard_normal((5, 2))
+
+    def oracle(x, n):  # the noise that takes a0 to x at level n
+        return (x - np.sqrt(alpha_bar[n]) * a0) / np.sqrt(1 - alpha_bar[n])
+
+    out = im.ddim_sample(oracle, x, alpha_bar, S)
+    assert np.allclose(out, a0, atol=1e-9)
+    assert np.array_equal(out, im.ddim_sample(oracle, x, alpha_bar, S))  # eta = 0: deterministic
+
+
+def test_ddpm_with_a_perfect_noise_oracle_returns_a0():
+    rng = np.random.default_rng(0)
+    schedule = im.cosine_schedule(30)
+    a0 = rng.uniform(-1, 1, (5, 2))
+
+    def oracle(x, n):
+        return (x - np.sqrt(schedule.alpha_bar[n]) * a0) / np.sqrt(1 - schedule.alpha_bar[n])
+
+    assert np.allclose(im.ddpm_sample(oracle, rng.standard_normal((5, 2)), schedule, rng), a0, atol=1e-9)
+
+
+def test_sinusoidal_embedding_backward_matches_central_differences():
+    n, dout = np.array([0.0, 3.0, 41.5]), np.random.default_rng(0).standard_normal((3, 8))
+    numeric = numerical_grad(lambda v: (im.sinusoidal_forward(v, 8) * dout).sum(), n)
+    assert rel_err(im.sinusoidal_backward(dout, n, 8), numeric) < 1e-6
+
+
+def test_diffusion_actions_stay_in_bounds_and_mode_is_deterministic(bimodal):
+    policy = bimodal["diffusion"][0]
+    obs = np.random.default_rng(1).uniform(-5, 5, (500, 2)).astype(np.float32)
+    a = policy.sample(obs, np.random.default_rng(0))
+    assert a.min() >= -1.5 and a.max() <= 1.5
+    assert np.array_equal(policy.act(obs), policy.act(obs))
