@@ -1037,8 +1037,9 @@ class Trajectories:
         """Load a .npz written by save; no pickles; shapes, dtypes and finiteness are checked."""
         with np.load(path, allow_pickle=False) as z:
             unknown = set(z.files) - set(TRAJECTORY_FIELDS)
-            if unknown:
-                raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+            missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
+            if unknown or missing:
+                raise ValueError(f"{path}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
             fields = {}
             for k in z.files:
                 try:
@@ -1077,8 +1078,10 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     intervened, success = np.zeros((n, T), bool), np.zeros(n, bool)
     alive, in_control, safe_steps = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
     for t in range(T):
-        label = None if expert is None else np.asarray(expert(obs), np.float32)
-        a = label if policy is None else np.asarray(policy(obs), np.float32)  # the learner acts
+        label = None if expert is None else check_array("expert(obs)", np.asarray(expert(obs), np.float32), (n, None))
+        a = label if policy is None else check_array("policy(obs)", np.asarray(policy(obs), np.float32), (n, None))
+        if label is not None and label.shape != a.shape:
+            raise ValueError(f"policy(obs) {a.shape} and expert(obs) {label.shape} must have one shape")
         takeover = rng.random(n) < beta if beta > 0 else np.zeros(n, bool)  # DAgger: the expert acts w.p. beta
         if gate is not None:  # HG-DAgger: the expert takes over while the row is unsafe, with hysteresis
             unsafe = np.asarray(gate(obs), bool)

@@ -2,12 +2,10 @@
 jitted kernels against their Python originals, and a tiny end-to-end run of every algorithm."""
 
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import imitate as im
@@ -50,7 +48,12 @@ def make_heads(action_dim=2):
 @given(B=st.integers(1, 4), I=st.integers(1, 5), J=st.integers(1, 5), seed=st.integers(0, 2**16))
 def test_linear_backward_matches_central_differences(B, I, J, seed):
     rng = np.random.default_rng(seed)
-    x, W, b, dout = rng.standard_normal((B, I)), rng.standard_normal((I, J)), rng.standard_normal(J), rng.standard_normal((B, J))
+    x, W, b, dout = (
+        rng.standard_normal((B, I)),
+        rng.standard_normal((I, J)),
+        rng.standard_normal(J),
+        rng.standard_normal((B, J)),
+    )
     dW, db = np.zeros_like(W), np.zeros_like(b)
     dx = im.linear_backward(dout, x, W, dW, db)
     loss = lambda x, W, b: (im.linear_forward(x, W, b) * dout).sum()  # noqa: E731
@@ -376,3 +379,358 @@ def test_diffusion_actions_stay_in_bounds_and_mode_is_deterministic(bimodal):
     a = policy.sample(obs, np.random.default_rng(0))
     assert a.min() >= -1.5 and a.max() <= 1.5
     assert np.array_equal(policy.act(obs), policy.act(obs))
+
+
+# ---- toy world ----
+
+
+def kernel_inputs(kind, n, seed):
+    """Random states, actions and uniforms for one world kernel (arguments in the kernel's order)."""
+    rng = np.random.default_rng(seed)
+    reset, u = rng.random(n) < 0.2, rng.random((n, 4))
+    if kind == "road":
+        x, c, r = rng.integers(-3, 4, n), rng.integers(-1, 2, n), rng.integers(-1, 2, n)
+        expert = np.clip(c - x, -2, 2)[:, None].astype(f64)
+        return im.road_step, (x, c, r, expert, rng.uniform(-3, 3, n), u[:, :3], reset, 0.3, 3)
+    args = (
+        rng.uniform(-1.2, 1.2, (n, 2)),
+        rng.choice([-1.0, 1.0], n) if kind == "tree" else rng.uniform(-1, 1, (n, 2)),
+    )
+    expert, action = rng.uniform(-1, 1, (n, 2)), rng.uniform(-2, 2, (n, 2))
+    if kind == "tree":
+        return im.tree_step, (*args, expert, action, u[:, :2], reset, 0.3, 0.7, 1.0, 0.1, 0.1, 0.05)
+    return im.goal_step, (*args, expert, action, u, reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2))
+
+
+def copy_args(args):
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+
+
+@pytest.mark.parametrize("kind", ["road", "tree", "goals"])
+@given(n=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_world_kernels_equal_their_python_originals(kind, n, seed):
+    kernel, args = kernel_inputs(kind, n, seed)
+    jit_args, py_args = copy_args(args), copy_args(args)
+    jit_out, py_out = kernel(*jit_args), kernel.py_func(*py_args)
+    for a, b in zip(*(out if isinstance(out, tuple) else (out,) for out in (jit_out, py_out))):
+        assert np.array_equal(a, b)
+    for a, b in zip(jit_args, py_args):  # the state, updated in place
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["road", "tree", "goals"])
+def test_a_batched_step_equals_n_single_steps(kind):
+    kernel, args = kernel_inputs(kind, 12, 5)
+    batched = copy_args(args)
+    out = kernel(*batched)
+    out = out if isinstance(out, tuple) else (out,)
+    for i in range(12):
+        single = [a[i : i + 1].copy() if isinstance(a, np.ndarray) else a for a in args]
+        one = kernel(*single)
+        for a, b in zip(out, one if isinstance(one, tuple) else (one,)):
+            assert np.array_equal(a[i : i + 1], b)
+        for a, b in zip(batched, single):
+            if isinstance(b, np.ndarray):
+                assert np.array_equal(a[i : i + 1], b)
+
+
+@pytest.mark.parametrize("env", [im.Road(64, 20, eps=0.1), im.Tree(64), im.Goals(64, play=True)], ids=type)
+def test_same_seed_same_trajectories(env):
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return im.rollout(env, lambda o: rng.uniform(-1, 1, (len(o), env.action_dim)), 20, rng, seed=seed)
+
+    a, b, c = run(1), run(1), run(2)
+    assert np.array_equal(a.observations, b.observations) and np.array_equal(a.costs, b.costs)
+    assert not np.array_equal(a.observations, c.observations)
+
+
+@pytest.mark.parametrize("env", [im.Road(256, 40, eps=0.1), im.Tree(256), im.Goals(256)], ids=type)
+def test_the_expert_costs_nothing_and_succeeds(env):
+    traj = im.rollout(env, None, env.horizon, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=3)
+    assert traj.costs.sum() == 0
+    assert traj.success is None or traj.success.all()
+
+
+def test_the_expert_is_back_on_the_road_within_lanes_steps():
+    lanes, rng = 3, np.random.default_rng(0)
+    x = np.repeat(np.arange(-lanes, lanes + 1), 300)  # every offset, under many turn sequences
+    c, r = rng.integers(-1, 2, x.size), np.zeros(x.size, np.int64)
+    expert = np.clip(c - x, -2, 2)[:, None].astype(f64)
+    for _ in range(lanes):
+        im.road_step(x, c, r, expert, expert[:, 0].copy(), rng.random((x.size, 3)), np.zeros(x.size, bool), 0.0, lanes)
+    assert np.all(x == 0)
+
+
+def test_exact_cost_of_the_expert_is_zero_and_of_a_random_policy_matches_monte_carlo():
+    env, rng, T = im.Road(4096, 12, eps=0.05), np.random.default_rng(0), 12
+    assert im.road_exact_cost(np.full((len(env.table), 5), 0.2), T, env.eps, env.lanes)[0] == pytest.approx(0.8)
+    J = im.road_exact_cost(np.full((len(env.table), 5), 0.2), T, env.eps, env.lanes)
+    traj = im.rollout(env, lambda o: rng.integers(-2, 3, (len(o), 1)).astype(np.float32), T, rng, seed=1)
+    (lo, hi), _ = im.bootstrap_ci(traj.total_cost, rng, level=0.99)
+    assert lo <= J[-1] <= hi
+    # with a perfect reading (eps = 0), following it is the expert's policy on the road: it never errs
+    follow = im.road_move_probs(env.table[:, :3].argmax(1)[:, None] - 1.0)
+    assert np.all(im.road_exact_cost(follow, T, 0.0, env.lanes) == 0)
+
+
+def test_the_midpoint_of_the_two_tree_modes_collides():
+    env = im.Tree(256)
+
+    def midpoint(obs):  # the average of the left-passing and right-passing experts' actions
+        both = [[im.tree_expert(x, y, s, env.radius, env.waypoint) for s in (-1.0, 1.0)] for x, y in obs]
+        return np.float32(both).mean(1)
+
+    traj = im.rollout(env, midpoint, env.horizon, np.random.default_rng(0), seed=0)
+    assert not traj.success.any() and traj.mask.sum(1).max() < env.horizon  # every episode hit the tree
+
+
+def test_goal_expert_reaches_random_goals():
+    env = im.Goals(512)
+    goals = np.random.default_rng(1).uniform(-1, 1, (512, 2))
+    traj = im.rollout(env, None, 30, np.random.default_rng(0), expert=env.expert, beta=1, options={"goals": goals})
+    assert traj.success.all() and np.allclose(traj.goals, goals)
+
+
+def test_env_refuses_bad_actions():
+    env = im.Road(4)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="actions must be finite"):
+        env.step(np.full((4, 1), np.nan))
+    with pytest.raises(ValueError, match="actions must have shape"):
+        env.step(np.zeros((3, 1)))
+
+
+def test_next_step_autoreset():
+    env = im.Tree(2, horizon=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        obs, _, term, trunc, _ = env.step(np.zeros((2, 2)))
+    assert trunc.all() and not term.any()
+    obs, reward, term, trunc, _ = env.step(np.ones((2, 2)))  # ignored: the rows start over
+    assert np.all(obs[:, 1] == -1) and np.all(reward == 0) and not (term | trunc).any()
+
+
+# ---- data ----
+
+
+def small_trajectories():
+    env = im.Goals(8, horizon=6)
+    return im.rollout(env, None, 6, np.random.default_rng(0), expert=env.expert, beta=1, gate=lambda o: o[:, 0] > 0)
+
+
+def test_trajectories_round_trip_bit_for_bit(tmp_path):
+    traj = small_trajectories()
+    traj.save(tmp_path / "t.npz")
+    back = im.Trajectories.load(tmp_path / "t.npz")
+    for name in im.TRAJECTORY_FIELDS:
+        a, b = getattr(traj, name), getattr(back, name)
+        assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b))
+
+
+def test_malformed_trajectory_files_are_refused(tmp_path):
+    traj = small_trajectories()
+    good = {k: getattr(traj, k) for k in im.TRAJECTORY_FIELDS if getattr(traj, k) is not None}
+    bad = {
+        "actions must have shape": {**good, "actions": good["actions"][:, 1:]},  # as many observations as actions
+        "observations must be finite": {**good, "observations": np.full_like(good["observations"], np.nan)},
+        "costs must have dtype float32": {**good, "costs": good["costs"].astype(f64)},
+        "holds Python objects": {**good, "goals": np.array([None] * 8, dtype=object)},
+        "unknown fields": {**good, "extra": np.zeros(3)},
+        r"missing fields \[.mask.\]": {k: v for k, v in good.items() if k != "mask"},
+    }
+    for message, fields in bad.items():
+        np.savez(tmp_path / "bad.npz", **fields)
+        with pytest.raises(ValueError, match=message):
+            im.Trajectories.load(tmp_path / "bad.npz")
+
+
+# ---- algorithms ----
+
+
+class Chain:
+    """A foreign vector env in pure Python, Gymnasium style with next-step autoreset: a walker on a line
+    starts at a random integer in [-3, 3] and should walk to 0; an episode ends at 0 (terminated) or after
+    a random 2..6 steps (truncated). The expert is any callable of the observation: -sign(x)."""
+
+    def __init__(self, num_envs=16):
+        self.num_envs, self.rng = num_envs, np.random.default_rng(0)
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.x = self.rng.integers(-3, 4, self.num_envs).astype(f64)
+        self.left = self.rng.integers(2, 7, self.num_envs)
+        self.autoreset = np.zeros(self.num_envs, bool)
+        return self.x[:, None].astype(np.float32), {}
+
+    def step(self, actions):
+        fresh = self.autoreset.copy()
+        moved = self.x + np.clip(np.round(actions[:, 0]), -1, 1)
+        self.x = np.where(fresh, self.rng.integers(-3, 4, self.num_envs), moved)
+        self.left = np.where(fresh, self.rng.integers(2, 7, self.num_envs), self.left - 1)
+        terminated, truncated = ~fresh & (self.x == 0), ~fresh & (self.x != 0) & (self.left <= 0)
+        self.autoreset = terminated | truncated
+        reward = np.where(fresh, 0.0, -np.abs(self.x))
+        return self.x[:, None].astype(np.float32), reward, terminated, truncated, {}
+
+
+def chain_expert(obs):
+    return -np.sign(obs)
+
+
+def tiny(rounds=2, horizon=12, steps=150):
+    return im.DaggerConfig(rounds=rounds, horizon=horizon, train=im.TrainConfig(steps=steps, lr=3e-3))
+
+
+def test_no_transition_crosses_an_episode_boundary():
+    env = Chain()
+    traj = im.rollout(
+        env, lambda o: np.ones_like(o), 12, np.random.default_rng(0), expert=chain_expert, beta=0.5, seed=1
+    )
+    step = traj.observations[:, 1:, 0] - traj.observations[:, :-1, 0]
+    assert np.all(step[traj.mask] == np.clip(np.round(traj.actions[..., 0]), -1, 1)[traj.mask])
+    assert (~traj.mask).any()  # some episodes did end inside the window
+
+
+def test_dagger_on_a_foreign_vector_env():
+    rng = np.random.default_rng(0)
+    env, policy = Chain(64), im.Policy(im.L2Head(1), 1, rng, hidden=(16,))
+    result = im.dagger(policy, env, chain_expert, tiny(rounds=3), rng)
+    assert np.array_equal(result.actions, chain_expert(result.obs))  # only expert labels
+    assert [r["data"] for r in result.log] == sorted({r["data"] for r in result.log})  # the data only grows
+    expert = im.rollout(env, None, 12, rng, expert=chain_expert, beta=1.0, seed=tiny().val_seed)
+    assert result.log[-1]["cost"] <= expert.total_cost.mean() + 0.05 and result.log[-1]["error"] < 0.05
+
+
+def test_dagger_dataset_grows_and_holds_only_expert_labels():
+    rng, env = np.random.default_rng(0), im.Road(64, 16, eps=0.1)
+    seen = []
+
+    def expert(obs):  # records every label it gives, with the observation it was asked about
+        a = env.expert(obs)
+        seen.append(np.concatenate([obs, a], 1))
+        return a
+
+    policy = im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng)
+    result = im.dagger(policy, env, expert, tiny(rounds=3, horizon=16), rng)
+    sizes = [r["data"] for r in result.log]
+    assert sizes == [64 * 16 * (i + 1) for i in range(3)]  # rounds of 64 rollouts of 16 steps
+    given_labels = {tuple(row) for row in np.concatenate(seen)}
+    assert all(tuple(row) in given_labels for row in np.concatenate([result.obs, result.actions], 1))
+
+
+def test_beta_one_is_the_experts_own_distribution_and_beta_is_realised():
+    env, rng = im.Road(2048, 8, eps=0.1), np.random.default_rng(0)
+    learner = lambda o: np.full((len(o), 1), 2.0, np.float32)  # noqa: E731  (always hard right)
+    mixed = im.rollout(env, learner, 8, rng, expert=env.expert, beta=1.0, seed=4)
+    expert = im.rollout(env, None, 8, rng, expert=env.expert, beta=1.0, seed=4)
+    assert np.array_equal(mixed.observations, expert.observations)
+    share = im.rollout(env, learner, 8, rng, expert=env.expert, beta=0.3, seed=5).intervened.mean()
+    assert abs(share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / (2048 * 8))  # a binomial bound
+
+
+def test_hg_dagger_labels_exactly_where_the_gate_was_on():
+    env, rng = im.Road(256, 16, eps=0.1), np.random.default_rng(0)
+    learner = lambda o: o[:, :3].argmax(1, keepdims=True).astype(np.float32) - 1  # noqa: E731  (follow the reading)
+    traj = im.rollout(env, learner, 16, rng, expert=env.expert, gate=env.unsafe, handback=2, seed=0)
+    on, off_road = traj.intervened, traj.observations[:, :-1, 3:].any(2)  # thermometer features: x != 0
+    assert on.any() and np.all(on[off_road & traj.mask])  # the expert is in control wherever it is unsafe
+    assert np.array_equal(traj.actions[on], traj.labels[on])  # and then it is the expert who acts
+    assert np.array_equal(traj.actions[~on & traj.mask], learner(traj.observations[:, :-1][~on & traj.mask]))
+    demo = im.rollout(env, None, 16, rng, expert=env.expert, beta=1.0, seed=1)
+    policy = im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng)
+    result = im.hg_dagger(policy, env, env.expert, env.unsafe, *demo.pairs(), tiny(rounds=4, horizon=16), rng)
+    rates = [r["intervention_rate"] for r in result.log]
+    assert rates[-1] < rates[0]  # the learner needs the expert less and less
+
+
+def test_relabeled_goals_are_later_states_of_the_same_trajectory():
+    env = im.Goals(32, horizon=20, play=True)
+    traj = im.rollout(env, None, 20, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=0)
+    before = {k: v.copy() for k, v in traj.__dict__.items() if v is not None}
+    for strategy in ("future", "final"):
+        new = im.relabel(traj, np.random.default_rng(1), strategy)
+        goal = new.observations[:, :-1, 2:]  # (n, T, 2)
+        for i in range(32):
+            for t in range(20):
+                later = traj.observations[i, t + 1 :, :2] if strategy == "future" else traj.observations[i, -1:, :2]
+                assert (later == goal[i, t]).all(1).any()
+        assert np.array_equal(new.labels, traj.actions)
+    assert all(np.array_equal(v, getattr(traj, k)) for k, v in before.items())  # the originals are untouched
+
+
+@pytest.fixture(scope="module")
+def road_comparison():
+    """BC, DAgger, HG-DAgger and DART on the road with the same budget of 3 x 128 x 16 expert labels."""
+    env, cfg = im.Road(128, 16, eps=0.05, seed=1), tiny(rounds=3, horizon=16, steps=300)
+    rng, head = np.random.default_rng(0), im.CategoricalHead(np.arange(-2, 3))
+    demo_env = im.Road(3 * 128, 16, eps=0.05)
+    demos = im.rollout(demo_env, None, 16, rng, expert=demo_env.expert, beta=1.0, seed=2)
+    policies = {name: im.Policy(head, env.obs_dim, np.random.default_rng(1)) for name in ("bc", "dagger", "hg", "dart")}
+    im.bc(policies["bc"], *demos.pairs(), cfg.train, rng)
+    first_round = demos.pairs(where=np.arange(3 * 128)[:, None] < 128)  # HG-DAgger starts from a third of them
+    results = {
+        "dagger": im.dagger(policies["dagger"], env, env.expert, cfg, rng),
+        "hg": im.hg_dagger(policies["hg"], env, env.expert, env.unsafe, *first_round, cfg, rng),
+        "dart": im.dart(policies["dart"], env, env.expert, 0.5, cfg, rng),
+    }
+
+    def exact(policy):
+        return im.road_exact_cost(im.road_move_probs(policy.act(env.table)), 16, env.eps, env.lanes)[-1]
+
+    return {"bc": (exact(policies["bc"]), demos.mask.sum())} | {
+        k: (exact(r.best), len(r.obs)) for k, r in results.items()
+    }
+
+
+@pytest.mark.parametrize("name", ["dagger", "hg", "dart"])
+def test_interactive_and_noisy_data_beat_bc_at_the_same_label_budget(road_comparison, name):
+    cost, labels = road_comparison[name]
+    assert labels <= road_comparison["bc"][1] and cost < road_comparison["bc"][0]
+
+
+def heads_for(action_dim, bound):
+    low, high = -bound * np.ones(action_dim), bound * np.ones(action_dim)
+    grid = np.array(np.meshgrid(*[np.arange(-2, 3) if action_dim == 1 else [-1, 0, 1]] * action_dim))
+    return {
+        "l2": im.L2Head(action_dim),
+        "gaussian": im.GaussianHead(action_dim),
+        "mixture": im.MixtureHead(action_dim, 3),
+        "categorical": im.CategoricalHead(grid.reshape(action_dim, -1).T),
+        "autoregressive": im.AutoregressiveHead(low, high, bins=5),
+        "diffusion": im.DiffusionHead(low, high, steps=20, sample_steps=4),
+    }
+
+
+@pytest.mark.parametrize("head", list(make_heads()))
+@pytest.mark.parametrize("algorithm", ["bc", "dagger", "hg_dagger", "dart", "hindsight"])
+def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
+    rng = np.random.default_rng(0)
+    if algorithm == "hindsight":  # goal-conditioned BC on relabeled play, judged on fresh goals
+        env, wander = im.Goals(128, horizon=30, start=1.0), im.Goals(256, horizon=20, play=True, start=1.0)
+        play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=0)
+        policy = im.Policy(heads_for(2, 1.0)[head], 4, rng)
+        im.hindsight_bc(policy, play, im.TrainConfig(steps=600, lr=3e-3), rng)
+        goal = np.random.default_rng(1).uniform(-1, 1, (128, 2)).astype(np.float32)
+
+        def miss(act):  # mean final distance to the goal
+            final = im.rollout(env, act, 30, rng, seed=2, options={"goals": goal}).observations[:, -1]
+            return np.linalg.norm(final - goal, axis=1).mean()
+
+        learned = miss(lambda o: policy.act(np.concatenate([o, goal], 1)))
+        assert learned < 0.5 * miss(lambda o: rng.uniform(-1, 1, (len(o), 2)).astype(np.float32))
+        return
+    env, cfg = im.Road(64, 8, eps=0.05), tiny(rounds=2, horizon=8, steps=150)
+    policy = im.Policy(heads_for(1, 2.5)[head], env.obs_dim, rng)
+    demos = im.rollout(env, None, 8, rng, expert=env.expert, beta=1.0, seed=0)
+    if algorithm == "bc":
+        im.bc(policy, *demos.pairs(), cfg.train, rng)
+    elif algorithm == "dagger":
+        policy = im.dagger(policy, env, env.expert, cfg, rng).best
+    elif algorithm == "hg_dagger":
+        policy = im.hg_dagger(policy, env, env.expert, env.unsafe, *demos.pairs(), cfg, rng).best
+    else:
+        policy = im.dart(policy, env, env.expert, 0.5, cfg, rng).best
+    cost = lambda act: im.rollout(env, act, 8, rng, seed=3).total_cost.mean()  # noqa: E731
+    assert cost(policy.act) < 0.5 * cost(lambda o: rng.integers(-2, 3, (len(o), 1)).astype(np.float32))
