@@ -73,11 +73,11 @@ def tanh_backward(dout, z):
 
 
 def silu_forward(z):
-    return z / (1 + np.exp(-z))  # z * sigmoid(z)
+    return z * (0.5 + 0.5 * np.tanh(0.5 * z))  # z sigmoid(z), with sigmoid(z) = (1 + tanh(z / 2)) / 2
 
 
 def silu_backward(dout, z):
-    s = 1 / (1 + np.exp(-z))
+    s = 0.5 + 0.5 * np.tanh(0.5 * z)  # recomputed, not cached
     return dout * s * (1 + z * (1 - s))  # d/dz z s(z) = s + z s (1 - s)
 
 
@@ -96,7 +96,7 @@ class MLP:
     activation: str = "relu"  # relu, tanh or silu between layers; none after the last
 
     def __post_init__(self):
-        if len(self.sizes) < 2 or any(int(s) != s or s < 1 for s in self.sizes):
+        if len(self.sizes) < 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in self.sizes):
             raise ValueError(f"sizes must be at least two positive integers, got {self.sizes}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
@@ -167,30 +167,33 @@ def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, max_norm):
         if norm > max_norm:
             scale = max_norm / norm
     c1, c2 = 1 - beta1**t, 1 - beta2**t  # bias corrections
-    for i in range(params.size):
-        g = grad[i] * scale
-        m[i] = beta1 * m[i] + (1 - beta1) * g  # m = b1 m + (1 - b1) g
-        v[i] = beta2 * v[i] + (1 - beta2) * g * g  # v = b2 v + (1 - b2) g^2
-        params[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
+    for i in range(params.size):  # in float64, stored as float32: the same in numba and in Python
+        g = float(grad[i]) * scale
+        m[i] = beta1 * float(m[i]) + (1 - beta1) * g  # m = b1 m + (1 - b1) g
+        v[i] = beta2 * float(v[i]) + (1 - beta2) * g * g  # v = b2 v + (1 - b2) g^2
+        params[i] = float(params[i]) - lr * (float(m[i]) / c1) / (math.sqrt(float(v[i]) / c2) + eps)
 
 
 class Adam:
     """Adam (Kingma & Ba 2015) whose moments share the parameters' flat layout."""
 
     def __init__(self, n, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, max_norm=0.0):
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not max_norm >= 0:
-            raise ValueError(f"max_norm must be >= 0 (0 turns clipping off), got {max_norm}")
-        self.lr, self.betas, self.eps, self.max_norm = float(lr), betas, float(eps), float(max_norm)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if not (eps > 0 and max_norm >= 0):
+            raise ValueError(f"need eps > 0 and max_norm >= 0 (0 turns clipping off), got {eps}, {max_norm}")
+        self.lr, self.betas, self.eps, self.max_norm = float(lr), tuple(map(float, betas)), float(eps), float(max_norm)
         self.m, self.v, self.t = np.zeros(n, np.float32), np.zeros(n, np.float32), 0
 
     def step(self, params, grad):
+        for name, x in (("params", params), ("grad", grad)):
+            if x.dtype != np.float32 or x.shape != self.m.shape or not x.flags.c_contiguous:
+                raise ValueError(f"{name} must be a contiguous float32 vector of length {self.m.size}")
         self.t += 1
         b1, b2 = self.betas
-        adam_update(params, grad, self.m, self.v, self.t, self.lr, b1, b2, self.eps, self.max_norm)
+        adam_update(params, grad, self.m, self.v, float(self.t), self.lr, b1, b2, self.eps, self.max_norm)
 
 
 # ---- policy heads ----
@@ -213,8 +216,9 @@ def log_softmax(x):
 
 def sample_categorical(p, rng):
     """p (B, C) rows summing to 1 -> (B,) indices, by inverting the CDF with one uniform per row."""
-    u = rng.random((len(p), 1), dtype=np.float32)
-    return np.minimum((p.cumsum(1) < u).sum(1), p.shape[1] - 1)
+    cdf = p.cumsum(1)
+    u = rng.random((len(p), 1), dtype=np.float32) * cdf[:, -1:]  # scaled by the total, which rounding may move off 1
+    return np.minimum((cdf <= u).sum(1), p.shape[1] - 1)
 
 
 def bounded_log_std(raw, lo, hi):
@@ -245,8 +249,8 @@ def _positive_int(name, value, minimum=1):
 
 
 def _log_std_bounds(lo, hi):
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"log_std_min < log_std_max must be finite, got {lo}, {hi}")
+    if not (-20 <= lo < hi <= 20):  # exp(+-20) keeps float32 losses finite
+        raise ValueError(f"need -20 <= log_std_min < log_std_max <= 20, got {lo}, {hi}")
     return float(lo), float(hi)
 
 
@@ -606,29 +610,30 @@ class DiffusionHead(Head):
         mlp_backward(net, params, 2 * diff / B, cache, dparams)  # L = 1/B sum ||eps_theta - eps||^2
         return float((diff * diff).sum() / B), dparams
 
-    def denoise(self, net, params, obs, x, rng):
-        def eps_fn(x, n):
+    def eps_fn(self, net, params, obs):
+        def eps_theta(x, n):  # the network's noise prediction at level n
             emb = np.broadcast_to(self.embedding[n].astype(x.dtype), (len(x), self.embedding.shape[1]))
             return mlp_forward(net, params, np.concatenate([x, emb, obs], 1))[0]
 
-        if self.sampler == "ddpm":
-            x0 = ddpm_sample(eps_fn, x, self.schedule, rng)
-        else:
-            x0 = ddim_sample(eps_fn, x, self.schedule.alpha_bar, self.sample_steps)
-        a = self.low + (x0 + 1) / 2 * (self.high - self.low)
-        return np.clip(a, self.low, self.high)  # actions within their bounds
+        return eps_theta
+
+    def unscale(self, x0):
+        return np.clip(self.low + (x0 + 1) / 2 * (self.high - self.low), self.low, self.high)  # within bounds
 
     def policy_log_prob(self, net, params, obs, a):
         raise NotImplementedError("a diffusion policy has no tractable likelihood")
 
     def policy_sample(self, net, params, obs, rng):
-        return self.denoise(net, params, obs, rng.standard_normal((len(obs), self.action_dim), dtype=np.float32), rng)
+        x = rng.standard_normal((len(obs), self.action_dim), dtype=np.float32)  # a_N ~ N(0, I)
+        if self.sampler == "ddpm":
+            return self.unscale(ddpm_sample(self.eps_fn(net, params, obs), x, self.schedule, rng))
+        return self.unscale(ddim_sample(self.eps_fn(net, params, obs), x, self.schedule.alpha_bar, self.sample_steps))
 
     def policy_mode(self, net, params, obs):
-        """DDIM from one fixed noise draw: deterministic. (A zero start would sit on the symmetric midpoint
-        of a bimodal demonstration set, the very action the head exists to avoid.)"""
-        rng = np.random.default_rng(0)
-        return self.denoise(net, params, obs, rng.standard_normal((len(obs), self.action_dim), dtype=np.float32), rng)
+        """DDIM from a_N = 0, the prior's mode: deterministic, and the mode of a unimodal action distribution.
+        With two symmetric modes it lands between them (the noise prediction at 0 is 0): sample() instead."""
+        x = np.zeros((len(obs), self.action_dim), np.float32)
+        return self.unscale(ddim_sample(self.eps_fn(net, params, obs), x, self.schedule.alpha_bar, self.sample_steps))
 
 
 class Policy:
@@ -733,7 +738,7 @@ def road_step(x, c, r, expert, move, u, reset, eps, lanes):
         if reset[i]:
             x[i] = 0
         else:
-            a = min(max(int(np.floor(move[i] + 0.5)), -2), 2)  # the executed move, rounded
+            a = int(min(max(np.floor(move[i] + 0.5), -2.0), 2.0))  # the executed move, rounded
             cost[i] = 1.0 if a != expert[i, 0] else 0.0
             x[i] = min(max(x[i] + a - c[i], -lanes), lanes)
         c[i] = int(u[i, 0] * 3) - 1  # the next turn, uniform over {-1, 0, 1}
@@ -743,24 +748,29 @@ def road_step(x, c, r, expert, move, u, reset, eps, lanes):
 
 
 @njit(cache=True)
-def tree_expert(x, y, side, radius, waypoint):
-    """Head for the waypoint (side * waypoint, 0) beside the tree, then straight up, at unit speed."""
+def tree_expert(x, y, side, radius):
+    """Straight at the tree, then a swerve to the hidden side that steepens as the tree comes closer,
+    then straight up past it; unit speed. The demonstrations agree far from the tree and part only
+    gradually, so their average keeps going straight on, into the tree."""
+    if y >= 0 or abs(x) >= 1.5 * radius:  # past the tree, or beside it
+        return 0.0, 1.0
     s = side if abs(x) < 0.5 * radius else (1.0 if x > 0 else -1.0)  # keep to a side already taken
-    dx, dy = (s * waypoint - x, -y) if y < 0 else (0.0, 1.0)
-    norm = math.sqrt(dx * dx + dy * dy)
-    return (dx / norm, dy / norm) if norm > 1e-9 else (0.0, 1.0)
+    g = min(max((y + 3 * radius) / (1.5 * radius), 0.0), 1.0)  # 0 far away, 1 from 1.5 radii before the tree
+    if x * x + y * y < (radius + 0.05) ** 2:  # touching distance: mostly sideways
+        g = 3.0
+    return s * g / math.sqrt(1 + g * g), 1 / math.sqrt(1 + g * g)
 
 
 @njit(cache=True)
-def tree_step(pos, side, expert, action, u, reset, radius, waypoint, goal_y, dt, tol, start):
+def tree_step(pos, side, expert, action, u, reset, radius, goal_y, dt, tol, start):
     """One step of n point masses that must pass a round tree at the origin to reach y >= goal_y, in
-    place. Rows with reset[i] start at (start (2 u0 - 1), -1) with a fresh hidden side (u1). expert (n, 2)
+    place. Rows with reset[i] start at (0, -1 - start u0) with a fresh hidden side (u1). expert (n, 2)
     holds pi*(s). Returns costs 1[||a - pi*(s)|| > tol], terminations (hit the tree or arrived), success."""
     n = pos.shape[0]
     cost, done, success = np.zeros(n, np.float32), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
     for i in range(n):
         if reset[i]:
-            pos[i, 0], pos[i, 1] = start * (2 * u[i, 0] - 1), -1.0
+            pos[i, 0], pos[i, 1] = 0.0, -1.0 - start * u[i, 0]  # straight below the tree, at a random distance
             side[i] = 1.0 if u[i, 1] < 0.5 else -1.0  # the expert's hidden choice: left or right
         else:
             ax, ay = min(max(action[i, 0], -1.0), 1.0), min(max(action[i, 1], -1.0), 1.0)
@@ -770,7 +780,7 @@ def tree_step(pos, side, expert, action, u, reset, radius, waypoint, goal_y, dt,
             hit = pos[i, 0] ** 2 + pos[i, 1] ** 2 < radius**2
             success[i] = pos[i, 1] >= goal_y and not hit
             done[i] = hit or success[i]
-        expert[i, 0], expert[i, 1] = tree_expert(pos[i, 0], pos[i, 1], side[i], radius, waypoint)
+        expert[i, 0], expert[i, 1] = tree_expert(pos[i, 0], pos[i, 1], side[i], radius)
     return cost, done, success
 
 
@@ -889,8 +899,12 @@ def road_exact_cost(move_probs, horizon, eps, lanes):
     """Exact J(pi) for T = 1..horizon from the reset state. move_probs (n_obs, 5): the policy's
     probability of each move -2..2 at each observation (rows as in road_features). The turn is fresh
     every step, so the offset's distribution is a Markov chain: d_{t+1} = d_t P_pi, J_T = sum_{t<T} d_t k_pi."""
-    X = 2 * lanes + 1
+    X, horizon = 2 * lanes + 1, _positive_int("horizon", horizon)
     check_array("move_probs", move_probs, (3 * X, 5))
+    if np.any(move_probs < 0) or not np.allclose(move_probs.sum(1), 1):
+        raise ValueError("move_probs rows must be probabilities: non-negative and summing to 1")
+    if not 0 <= eps < 2 / 3:
+        raise ValueError(f"eps must lie in [0, 2/3), got {eps}")
     P, k = np.zeros((X, X)), np.zeros(X)  # P_pi and the expected cost of one step from each offset
     for x in range(-lanes, lanes + 1):
         for c in (-1, 0, 1):
@@ -909,7 +923,7 @@ def road_exact_cost(move_probs, horizon, eps, lanes):
 
 def road_move_probs(actions):
     """(n_obs, 1) deterministic actions, or (samples, n_obs, 1) sampled ones -> (n_obs, 5) move frequencies."""
-    moves = np.clip(np.floor(actions[..., 0] + 0.5), -2, 2).astype(np.int64) + 2
+    moves = np.clip(np.floor(np.asarray(actions, np.float64)[..., 0] + 0.5), -2, 2).astype(np.int64) + 2
     onehot = np.eye(5)[moves]
     return onehot if onehot.ndim == 2 else onehot.mean(0)
 
@@ -921,7 +935,7 @@ class Tree(VectorEnv):
     in [-1, 1]^2, dt = 0.1. Cost 1[||a - pi*(s)|| > 0.1]; success: reaching the far side untouched."""
 
     action_dim, obs_dim = 2, 2
-    radius, waypoint, goal_y, dt, tol, start = 0.3, 0.7, 1.0, 0.1, 0.1, 0.05
+    radius, goal_y, dt, tol, start = 0.3, 1.0, 0.1, 0.1, 0.1
 
     def __init__(self, num_envs=256, horizon=40, seed=0):
         super().__init__(num_envs, horizon, seed)
@@ -929,7 +943,7 @@ class Tree(VectorEnv):
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 2))
-        args = (self.radius, self.waypoint, self.goal_y, self.dt, self.tol, self.start)
+        args = (self.radius, self.goal_y, self.dt, self.tol, self.start)
         cost, done, success = tree_step(self.pos, self.side, self.expert_action, actions, u, reset, *args)
         return cost, done, {"success": success}
 
@@ -1055,8 +1069,8 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     Who acts at each step (each line is marked where it happens below):
       policy(obs) -> actions        the learner, by default
       expert(obs), prob. beta       DAgger's per-step mixture beta pi* + (1 - beta) pi_hat (beta = 1: demos)
-      expert while the gate holds   HG-DAgger: control passes to the expert when gate(obs) flags a row
-                                    unsafe and back after `handback` consecutive safe steps
+      expert while the gate holds   HG-DAgger: control passes to the expert when gate(obs) (n,) flags a
+                                    row unsafe and back on the row's `handback`-th consecutive safe step
       + N(0, noise^2)               DART: the executed action is perturbed; the label stays the intended one
     With an expert, every visited state is labeled. A row stops recording when its episode ends, so no
     transition crosses an episode boundary (the env autoresets on the next step)."""
@@ -1067,7 +1081,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         raise ValueError(f"need beta in [0, 1] and noise >= 0, got beta={beta}, noise={noise}")
     if (beta > 0 or gate is not None) and expert is None:
         raise ValueError("beta > 0 and gate need an expert")
-    T = _positive_int("T", T)
+    T, handback = _positive_int("T", T), _positive_int("handback", handback)
     obs, info = env.reset(seed=seed, options=options)
     goals = info.get("goal") if isinstance(info, dict) else None
     n = len(obs)
@@ -1084,7 +1098,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
             raise ValueError(f"policy(obs) {a.shape} and expert(obs) {label.shape} must have one shape")
         takeover = rng.random(n) < beta if beta > 0 else np.zeros(n, bool)  # DAgger: the expert acts w.p. beta
         if gate is not None:  # HG-DAgger: the expert takes over while the row is unsafe, with hysteresis
-            unsafe = np.asarray(gate(obs), bool)
+            unsafe = check_array("gate(obs)", np.asarray(gate(obs)), (n,)).astype(bool)
             safe_steps = np.where(unsafe, 0, safe_steps + 1)
             in_control = np.where(in_control, safe_steps < handback, unsafe)
             takeover |= in_control
@@ -1288,8 +1302,8 @@ def bootstrap_ci(values, rng, n_boot=2000, level=0.95):
     """Percentile bootstrap interval of the mean. Resamples counts of the distinct values (multinomial),
     which equals resampling the values themselves and is fast for costs that take few values."""
     values = check_array("values", np.asarray(values, np.float64), (None,))
-    if len(values) == 0:
-        raise ValueError("values is empty")
+    if len(values) == 0 or _positive_int("n_boot", n_boot) < 1 or not 0 < level < 1:
+        raise ValueError(f"need non-empty values and level in (0, 1), got {len(values)} values, level {level}")
     uniq, counts = np.unique(values, return_counts=True)
     means = _generator(rng).multinomial(len(values), counts / len(values), size=n_boot) @ uniq / len(values)
     return np.quantile(means, [(1 - level) / 2, (1 + level) / 2]), means
@@ -1297,8 +1311,10 @@ def bootstrap_ci(values, rng, n_boot=2000, level=0.95):
 
 def loglog_slope(x, y):
     """Least-squares slope of log y against log x (y along the last axis): 2 for eps T^2, 1 for eps T."""
-    lx = np.log(np.asarray(x, np.float64))
-    ly = np.log(np.asarray(y, np.float64))
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("a log-log slope needs positive x and y")
+    lx, ly = np.log(x), np.log(y)
     lx = lx - lx.mean()
     return ((ly - ly.mean(-1, keepdims=True)) * lx).sum(-1) / (lx * lx).sum()
 

@@ -104,10 +104,13 @@ def test_adam_kernel_equals_its_python_original_and_clips():
     p, g = rng.standard_normal(50).astype(np.float32), 10 * rng.standard_normal(50).astype(np.float32)
     m, v = np.zeros(50, np.float32), np.zeros(50, np.float32)
     copies = [x.copy() for x in (p, m, v)]
-    im.adam_update(p, g, m, v, 1, 1e-2, 0.9, 0.999, 1e-8, 1.0)
-    im.adam_update.py_func(*copies[:1], g, *copies[1:], 1, 1e-2, 0.9, 0.999, 1e-8, 1.0)
-    assert np.allclose(p, copies[0], rtol=0, atol=1e-7) and np.allclose(m, copies[1], atol=1e-9)
-    assert np.allclose(m, 0.1 * g / np.linalg.norm(g.astype(f64)), atol=1e-7)  # clipped to norm 1 first
+    for t in (1.0, 2.0, 3.0):
+        im.adam_update(p, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+        im.adam_update.py_func(copies[0], g, copies[1], copies[2], t, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+    assert all(np.array_equal(a, b) for a, b in zip((p, m, v), copies))
+    m1 = np.zeros(50, np.float32)
+    im.adam_update(p.copy(), g, m1, np.zeros(50, np.float32), 1.0, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+    assert np.allclose(m1, 0.1 * g / np.linalg.norm(g.astype(f64)), atol=1e-7)  # clipped to norm 1 first
 
 
 # ---- policy heads ----
@@ -279,6 +282,11 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.TrainConfig(lr=float("nan")), "lr must be a positive"),
         (lambda: im.TrainConfig(batch_size=0), "batch_size"),
         (lambda: im.GaussianHead(2, log_std_min=2, log_std_max=-2), "log_std_min < log_std_max"),
+        (lambda: im.GaussianHead(2, log_std_min=-100, log_std_max=0), "log_std_min < log_std_max"),
+        (lambda: im.Adam(3).step(np.zeros(3, np.float32), np.zeros(2, np.float32)), "grad must be a contiguous"),
+        (lambda: im.Adam(3, eps=0), "eps > 0"),
+        (lambda: im.road_exact_cost(np.zeros((21, 5)), 5, 0.1, 3), "move_probs rows must be probabilities"),
+        (lambda: im.loglog_slope([1, 2], [0, 1]), "positive"),
         (lambda: im.MLP((3, 0, 2)), "sizes"),
         (lambda: im.MLP((3, 2), "sigmoid"), "activation"),
         (lambda: im.CategoricalHead([1, 1]), "distinct"),
@@ -398,7 +406,7 @@ def kernel_inputs(kind, n, seed):
     )
     expert, action = rng.uniform(-1, 1, (n, 2)), rng.uniform(-2, 2, (n, 2))
     if kind == "tree":
-        return im.tree_step, (*args, expert, action, u[:, :2], reset, 0.3, 0.7, 1.0, 0.1, 0.1, 0.05)
+        return im.tree_step, (*args, expert, action, u[:, :2], reset, 0.3, 1.0, 0.1, 0.1, 0.05)
     return im.goal_step, (*args, expert, action, u, reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2))
 
 
@@ -478,7 +486,7 @@ def test_the_midpoint_of_the_two_tree_modes_collides():
     env = im.Tree(256)
 
     def midpoint(obs):  # the average of the left-passing and right-passing experts' actions
-        both = [[im.tree_expert(x, y, s, env.radius, env.waypoint) for s in (-1.0, 1.0)] for x, y in obs]
+        both = [[im.tree_expert(x, y, s, env.radius) for s in (-1.0, 1.0)] for x, y in obs]
         return np.float32(both).mean(1)
 
     traj = im.rollout(env, midpoint, env.horizon, np.random.default_rng(0), seed=0)
@@ -508,7 +516,7 @@ def test_next_step_autoreset():
         obs, _, term, trunc, _ = env.step(np.zeros((2, 2)))
     assert trunc.all() and not term.any()
     obs, reward, term, trunc, _ = env.step(np.ones((2, 2)))  # ignored: the rows start over
-    assert np.all(obs[:, 1] == -1) and np.all(reward == 0) and not (term | trunc).any()
+    assert np.all(obs[:, 0] == 0) and np.all(obs[:, 1] <= -1) and np.all(reward == 0) and not (term | trunc).any()
 
 
 # ---- data ----
@@ -711,7 +719,7 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
         env, wander = im.Goals(128, horizon=30, start=1.0), im.Goals(256, horizon=20, play=True, start=1.0)
         play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=0)
         policy = im.Policy(heads_for(2, 1.0)[head], 4, rng)
-        im.hindsight_bc(policy, play, im.TrainConfig(steps=600, lr=3e-3), rng)
+        im.hindsight_bc(policy, play, im.TrainConfig(steps=1000, lr=3e-3), rng)
         goal = np.random.default_rng(1).uniform(-1, 1, (128, 2)).astype(np.float32)
 
         def miss(act):  # mean final distance to the goal
