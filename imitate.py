@@ -46,13 +46,15 @@ from numba import njit
 
 
 def linear_forward(x, W, b):
-    return x @ W + b  # (B, J); the cache is x itself
+    z = x @ W  # (B, J); the cache is x itself
+    z += b  # in place: one (B, J) temporary fewer
+    return z
 
 
-def linear_backward(dout, x, W, dW, db):
+def linear_backward(dout, x, W, dW, db, input_grad=True):
     dW += x.T @ dout  # (I, J)
     db += dout.sum(0)  # (J,)
-    return dout @ W.T  # (B, I)
+    return dout @ W.T if input_grad else None  # (B, I)
 
 
 def relu_forward(z):
@@ -60,7 +62,7 @@ def relu_forward(z):
 
 
 def relu_backward(dout, z):
-    return dout * (z > 0)
+    return dout * (z > 0)  # dL/dz = dL/dh 1[z > 0]
 
 
 def tanh_forward(z):
@@ -146,19 +148,20 @@ def mlp_forward(net, params, x):
     return h, (xs, zs)
 
 
-def mlp_backward(net, params, dout, cache, dparams):
-    """Accumulates the parameter gradients into dparams (same layout as params); returns dx (B, I)."""
+def mlp_backward(net, params, dout, cache, dparams, input_grad=True):
+    """Accumulates the parameter gradients into dparams (same layout as params); returns dx (B, I),
+    or None with input_grad=False (training needs no gradient for the data: one matmul saved)."""
     act_backward = ACTIVATIONS[net.activation][1]
     p, d = net.views(params), net.views(dparams)
     xs, zs = cache
     for i in reversed(range(len(xs))):
         if i < len(xs) - 1:
             dout = act_backward(dout, zs[i])  # (B, H)
-        dout = linear_backward(dout, xs[i], p[f"W{i}"], d[f"W{i}"], d[f"b{i}"])
+        dout = linear_backward(dout, xs[i], p[f"W{i}"], d[f"W{i}"], d[f"b{i}"], input_grad or i > 0)
     return dout
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # numpy's error model: no per-element division checks, so it vectorizes
 def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, max_norm):
     """One Adam step over the flat vector, in place; gradients first clipped to global norm max_norm (if > 0)."""
     scale = 1.0
@@ -166,12 +169,14 @@ def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, max_norm):
         norm = math.sqrt(np.sum(grad.astype(np.float64) ** 2))
         if norm > max_norm:
             scale = max_norm / norm
-    c1, c2 = 1 - beta1**t, 1 - beta2**t  # bias corrections
+    step, inv_c2 = lr / (1 - beta1**t), 1 / (1 - beta2**t)  # the bias corrections 1 - b^t folded in
     for i in range(params.size):  # in float64, stored as float32: the same in numba and in Python
         g = float(grad[i]) * scale
         m[i] = beta1 * float(m[i]) + (1 - beta1) * g  # m = b1 m + (1 - b1) g
         v[i] = beta2 * float(v[i]) + (1 - beta2) * g * g  # v = b2 v + (1 - b2) g^2
-        params[i] = float(params[i]) - lr * (float(m[i]) / c1) / (math.sqrt(float(v[i]) / c2) + eps)
+        params[i] = float(params[i]) - step * float(m[i]) / (
+            math.sqrt(float(v[i]) * inv_c2) + eps
+        )  # lr m^ / (sqrt(v^) + eps)
 
 
 class Adam:
@@ -273,7 +278,7 @@ class Head:
         out, cache = mlp_forward(net, params, obs)
         loss, dout = self.nll(out, a)
         dparams = np.zeros_like(params)
-        mlp_backward(net, params, dout, cache, dparams)
+        mlp_backward(net, params, dout, cache, dparams, input_grad=False)
         return loss, dparams
 
     def policy_log_prob(self, net, params, obs, a):
@@ -477,7 +482,7 @@ class AutoregressiveHead(Head):
         loss, dout = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: true earlier bins
         dparams = np.zeros_like(params)
         A = self.action_dim  # L = -1/B sum_b sum_d log p(k_bd | k_b<d, s_b)
-        mlp_backward(net, params, dout * A, cache, dparams)
+        mlp_backward(net, params, dout * A, cache, dparams, input_grad=False)
         return loss * A, dparams
 
     def log_prob_bins(self, net, params, obs, k):
@@ -607,7 +612,7 @@ class DiffusionHead(Head):
         out, cache = mlp_forward(net, params, np.concatenate([xn, self.embedding[n].astype(obs.dtype), obs], 1))
         diff = out - eps  # (B, A)
         dparams = np.zeros_like(params)
-        mlp_backward(net, params, 2 * diff / B, cache, dparams)  # L = 1/B sum ||eps_theta - eps||^2
+        mlp_backward(net, params, 2 * diff / B, cache, dparams, input_grad=False)  # L = 1/B sum ||eps_theta - eps||^2
         return float((diff * diff).sum() / B), dparams
 
     def eps_fn(self, net, params, obs):

@@ -2,6 +2,8 @@
 jitted kernels against their Python originals, and a tiny end-to-end run of every algorithm."""
 
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -742,3 +744,23 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
         policy = im.dart(policy, env, env.expert, 0.5, cfg, rng).best
     cost = lambda act: im.rollout(env, act, 8, rng, seed=3).total_cost.mean()  # noqa: E731
     assert cost(policy.act) < 0.5 * cost(lambda o: rng.integers(-2, 3, (len(o), 1)).astype(np.float32))
+
+
+# ---- documentation ----
+
+README = Path(__file__).with_name("README.md")
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write files
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks
+    namespace = {}
+    for block in blocks:  # one namespace, in order, as a reader would run them
+        exec(compile(block, str(README), "exec"), namespace)
+
+
+def test_ci_runs_the_readmes_test_command():
+    commands = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)[0].splitlines()
+    test_command = commands[1].split("#")[0].strip()
+    assert test_command in (README.parent / ".ci" / "run").read_text()

@@ -1,0 +1,431 @@
+"""bench.py: the lecture's results, measured on your own machine in about a minute.
+
+    python bench.py                        # every section (about a minute on 2 cores)
+    python bench.py --quick                # a reduced run of every section, for CI
+    python bench.py --seed 1 --json bench.json --plot bench.png
+
+Sections: 1. compounding error on the road (BC ~ eps T^2, DAgger ~ eps T), 2. expressive heads on
+multimodal demonstrations (the tree), 3. hindsight relabeling (goals), 4. speed. Every figure is
+printed beside what it is compared against; every target is marked PASS or MISS.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import imitate as im
+
+ROAD_MOVES = np.arange(-2.0, 3.0)  # the road's actions: hard left .. hard right
+
+
+def say(*args):
+    print(*args, flush=True)
+
+
+def target(ok, text):
+    return f"{'PASS' if ok else 'MISS'}  {text}"
+
+
+# ---- 1. compounding error ----
+
+
+def compounding(seed, quick):
+    """BC, DAgger (best iterate), HG-DAgger and DART on the road, each on the same budget of expert labels
+    at every horizon T; eps stays fixed across the sweep (it is the world's reading noise)."""
+    eps, lanes, rounds, budget = 0.005, 3, 4, 16384
+    horizons = [4, 8, 16, 32]
+    episodes = 1 << (14 if quick else 17)  # evaluation episodes per T, the same ones for every method
+    train = im.TrainConfig(steps=150 if quick else 300, lr=3e-3)
+    rng = np.random.default_rng(seed)
+    head = im.CategoricalHead(ROAD_MOVES)
+    names = ["bc", "dagger", "hg_dagger", "dart"]
+    out = {k: {"cost": [], "ci": [], "exact": [], "boot": [], "labels": []} for k in names}
+    eps_hat = []
+    for T in horizons:
+        n = budget // (rounds * T)  # rollouts per round; rounds * n * T = budget labels
+        env = im.Road(n, T, eps, lanes, seed=seed)
+        demo_env = im.Road(rounds * n, T, eps, lanes, seed=seed)
+        cfg = im.DaggerConfig(rounds=rounds, horizon=T, train=train, val_seed=seed + 7)
+        demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed + T)
+        policy = {k: im.Policy(head, env.obs_dim, np.random.default_rng(seed)) for k in names}
+        im.bc(policy["bc"], *demos.pairs(), train, rng)
+        first = demos.pairs(where=np.arange(rounds * n)[:, None] < n)  # HG-DAgger starts from one round of demos
+        results = {
+            "dagger": im.dagger(policy["dagger"], env, env.expert, cfg, rng),
+            "hg_dagger": im.hg_dagger(policy["hg_dagger"], env, env.expert, env.unsafe, *first, cfg, rng),
+            "dart": im.dart(policy["dart"], env, env.expert, 0.5, cfg, rng),
+        }
+        best = {"bc": policy["bc"]} | {k: r.best for k, r in results.items()}
+        labels = {"bc": int(demos.mask.sum())} | {k: len(r.obs) for k, r in results.items()}
+        held_env = im.Road(4096, T, eps, lanes)
+        held_out = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=seed + 99)
+        obs, label = held_out.pairs()
+        eps_hat.append(float(np.mean(np.abs(best["bc"].act(obs) - label) > 0.5)))  # BC's 0-1 error on expert states
+        evaluation = im.Road(episodes, T, eps, lanes)
+        for k in names:
+            cost = im.rollout(evaluation, best[k].act, T, rng, seed=seed + 1000 + T).total_cost  # common random numbers
+            ci, boot = im.bootstrap_ci(cost, rng)
+            exact = im.road_exact_cost(im.road_move_probs(best[k].act(env.table)), T, eps, lanes)[-1]
+            for key, value in (
+                ("cost", cost.mean()),
+                ("ci", ci),
+                ("exact", exact),
+                ("boot", boot),
+                ("labels", labels[k]),
+            ):
+                out[k][key].append(value)
+        say(f"  T = {T:>2}: " + "  ".join(f"{k} {out[k]['cost'][-1]:.4f}" for k in names))
+    e = float(np.mean(eps_hat))
+    Ts = np.array(horizons, float)
+    record = {
+        "T": horizons,
+        "eps": e,
+        "eps_reading": eps,
+        "bound_lecture": (e * Ts + 2 * e * Ts**2).tolist(),  # sum_t (eps + 2 eps t)
+        "bound_ross": (e * Ts**2).tolist(),  # Ross & Bagnell 2010: T^2 eps
+        "tightrope": [float(sum(1 - (1 - e) ** t for t in range(1, T + 1))) for T in horizons],
+        "methods": {},
+    }
+    for k in names:
+        slopes = im.loglog_slope(Ts, np.stack(out[k]["boot"], 1))  # one slope per bootstrap replicate
+        record["methods"][k] = {
+            "cost": [float(c) for c in out[k]["cost"]],
+            "ci": [[float(a), float(b)] for a, b in out[k]["ci"]],
+            "exact": [float(x) for x in out[k]["exact"]],
+            "slope": float(im.loglog_slope(Ts, out[k]["cost"])),
+            "slope_ci": np.quantile(slopes, [0.025, 0.975]).tolist(),
+            "expert_labels": int(max(out[k]["labels"])),
+            "expert_labels_per_T": [int(x) for x in out[k]["labels"]],
+        }
+    return record
+
+
+def report_compounding(r):
+    say(f"\n  eps = {r['eps']:.4f}: BC's 0-1 error on held-out expert states (reading error {r['eps_reading']})")
+    names = "".join(f"{k:>11}" for k in r["methods"])
+    say(f"  {'T':>4} {'eps T + 2 eps T^2':>18} {'T^2 eps':>9} {'tightrope':>10}   {names}")
+    for i, T in enumerate(r["T"]):
+        costs = "".join(f"{m['cost'][i]:>11.4f}" for m in r["methods"].values())
+        say(f"  {T:>4} {r['bound_lecture'][i]:>18.4f} {r['bound_ross'][i]:>9.4f} {r['tightrope'][i]:>10.4f}   {costs}")
+    say(f"\n  {'method':<10} {'T':>3} {'cost J':>8} {'95% CI':>18} {'exact J':>8}")
+    for k, m in r["methods"].items():
+        for i, T in enumerate(r["T"]):
+            lo, hi = m["ci"][i]
+            say(f"  {k:<10} {T:>3} {m['cost'][i]:>8.4f} [{lo:>7.4f}, {hi:>7.4f}] {m['exact'][i]:>8.4f}")
+    say(f"\n  {'method':<10} {'log-log slope':>14} {'95% CI':>16} {'expert labels':>14}")
+    for k, m in r["methods"].items():
+        lo, hi = m["slope_ci"]
+        say(f"  {k:<10} {m['slope']:>14.2f} [{lo:>6.2f},{hi:>6.2f}] {m['expert_labels']:>14}")
+    m = r["methods"]
+    inside = all(lo <= x <= hi for mm in m.values() for (lo, hi), x in zip(mm["ci"], mm["exact"]))
+    below = all(c < min(a, b) for c, a, b in zip(m["bc"]["cost"], r["bound_lecture"], r["bound_ross"]))
+    hg_reaches = m["hg_dagger"]["cost"][-1] <= m["dagger"]["cost"][-1] * 1.1 + 1e-3  # within 10% at the longest T
+    fewer = m["hg_dagger"]["expert_labels"] < m["dagger"]["expert_labels"]
+    return [
+        target(m["bc"]["slope"] >= 1.8, f"BC's slope {m['bc']['slope']:.2f} >= 1.8"),
+        target(m["dagger"]["slope"] <= 1.2, f"DAgger's slope {m['dagger']['slope']:.2f} <= 1.2"),
+        target(m["hg_dagger"]["slope"] <= 1.3, f"HG-DAgger's slope {m['hg_dagger']['slope']:.2f} <= 1.3"),
+        target(below, "BC's measured cost below eps T + 2 eps T^2 and T^2 eps at every T"),
+        target(inside, "every method's exact cost inside its Monte Carlo 95% interval at every T"),
+        target(hg_reaches and fewer, "HG-DAgger reaches DAgger's cost (within 10% at the longest T) with fewer labels"),
+    ]
+
+
+# ---- 2. multimodal demonstrations ----
+
+
+def multimodal(seed, quick):
+    """Each head trained by BC on the tree's bimodal demonstrations, then run with sampled actions."""
+    rng = np.random.default_rng(seed)
+    demo_env, held_env = im.Tree(512), im.Tree(128)
+    demos = im.rollout(demo_env, None, 40, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+    held_out = im.rollout(held_env, None, 40, rng, expert=held_env.expert, beta=1.0, seed=seed + 1)
+    bounds = ([-1, -1], [1, 1])
+    heads = {  # head, hidden widths, gradient steps
+        "l2": (im.L2Head(2), (256, 256), 3000),
+        "gaussian": (im.GaussianHead(2), (256, 256), 3000),
+        "mog": (im.MixtureHead(2, 5), (256, 256), 4000),
+        "autoregressive": (im.AutoregressiveHead(*bounds, bins=21), (256, 256), 3000),
+        "diffusion": (im.DiffusionHead(*bounds), (256, 256, 256), 4000),
+    }
+    evaluation = im.Tree(256 if quick else 1000)
+    probe = np.tile(np.float32([[0.0, -0.72]]), (4096, 1))  # a state just where the demonstrations part
+    record, samples = {}, {}
+    for name, (head, hidden, steps) in heads.items():
+        policy = im.Policy(head, 2, np.random.default_rng(seed), hidden=hidden)
+        start = time.perf_counter()
+        im.bc(policy, *demos.pairs(), im.TrainConfig(steps=steps // 4 if quick else steps), rng)
+        train_seconds = time.perf_counter() - start
+        policy.sample(probe[:16], rng)  # warm-up
+        start = time.perf_counter()
+        samples[name] = policy.sample(probe, rng)
+        per_action = (time.perf_counter() - start) / len(probe)
+        traj = im.rollout(evaluation, im.actor(policy, rng, stochastic=True), 40, rng, seed=seed + 2)
+        y, x = traj.observations[:, :, 1], traj.observations[:, :, 0]
+        crossed = (y >= 0).any(1)  # which side it passed on: x where it first reached the tree's line
+        side = x[np.arange(len(x)), (y >= 0).argmax(1)][crossed]
+        nll = None if name == "diffusion" else float(-policy.log_prob(*held_out.pairs()).mean())
+        record[name] = {
+            "success": float(traj.success.mean()),
+            "left": float(np.mean(side < 0)) if crossed.any() else None,
+            "nll": nll,
+            "train_seconds": train_seconds,
+            "seconds_per_action": per_action,
+        }
+        say(f"  {name:<15} success {record[name]['success']:.3f}  trained in {train_seconds:.1f} s")
+    return record, {k: v[:400].tolist() for k, v in samples.items()}
+
+
+def report_multimodal(r):
+    say(f"\n  {'head':<15}{'success':>8}{'left':>7}{'held-out NLL':>14}{'train s':>9}{'us/action':>11}")
+    for k, m in r.items():
+        nll = "-" if m["nll"] is None else f"{m['nll']:.2f}"
+        left = "-" if m["left"] is None else f"{m['left']:.2f}"
+        per_action = 1e6 * m["seconds_per_action"]
+        say(f"  {k:<15}{m['success']:>8.3f}{left:>7}{nll:>14}{m['train_seconds']:>9.1f}{per_action:>11.1f}")
+    lines = [
+        target(r["l2"]["success"] <= 0.10, f"L2 success {r['l2']['success']:.3f} <= 0.10 (it drives into the tree)")
+    ]
+    for k in ("mog", "autoregressive", "diffusion"):
+        ok = r[k]["success"] >= 0.95 and r[k]["left"] is not None and 0.35 <= r[k]["left"] <= 0.65
+        lines.append(
+            target(ok, f"{k} success {r[k]['success']:.3f} >= 0.95, left share {r[k]['left'] or 0:.2f} in [0.35, 0.65]")
+        )
+    return lines
+
+
+# ---- 3. hindsight relabeling ----
+
+
+def hindsight(seed, quick):
+    """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal."""
+    rng = np.random.default_rng(seed)
+    wander = im.Goals(2560, horizon=20, play=True, start=1.0)
+    play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=seed)
+    one_goal = np.tile(np.float32([[0.5, 0.5]]), (2560, 1))
+    fixed = im.Goals(2560, horizon=20, start=1.0)
+    demos = im.rollout(fixed, None, 20, rng, expert=fixed.expert, beta=1.0, seed=seed, options={"goals": one_goal})
+    train = im.TrainConfig(steps=800 if quick else 3000)
+    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (1000, 2)).astype(np.float32)  # held-out goals
+    record = {}
+    for name in ("gcbc_future", "gcbc_final", "bc_no_goal", "bc_one_goal"):
+        policy = im.Policy(
+            im.L2Head(2), 2 if name == "bc_no_goal" else 4, np.random.default_rng(seed), hidden=(128, 128)
+        )
+        if name.startswith("gcbc"):
+            im.hindsight_bc(policy, play, train, rng, strategy=name[5:])
+        elif name == "bc_no_goal":
+            im.bc(policy, *play.pairs(), train, rng)
+        else:
+            obs, act = demos.pairs()
+            im.bc(policy, np.concatenate([obs, np.tile(one_goal[:1], (len(obs), 1))], 1), act, train, rng)
+
+        def act(obs, policy=policy, name=name):
+            return policy.act(obs if name == "bc_no_goal" else np.concatenate([obs, goals], 1))
+
+        record[name] = {
+            key: float(
+                im.rollout(
+                    im.Goals(1000, 30, start=s), act, 30, rng, seed=seed + 5, options={"goals": goals}
+                ).success.mean()
+            )
+            for key, s in (("success", 0.5), ("perturbed_success", 1.0))
+        }
+        say(f"  {name:<12} success {record[name]['success']:.3f}")
+    return record
+
+
+def report_hindsight(r):
+    say(f"\n  {'policy':<13}{'held-out goals':>15}{'perturbed starts':>18}")
+    for k, m in r.items():
+        say(f"  {k:<13}{m['success']:>15.3f}{m['perturbed_success']:>18.3f}")
+    f, b = r["gcbc_future"]["success"], r["bc_no_goal"]["success"]
+    return [
+        target(f >= 0.9, f"future relabeling {f:.3f} >= 0.90 on held-out goals"),
+        target(f - b >= 0.3, f"future relabeling {f - b:+.3f} above BC without goals (>= +0.30)"),
+    ]
+
+
+# ---- 4. speed ----
+
+
+def best_time(fn, repeats):
+    """The fastest of `repeats` calls, in seconds: the least disturbed by a shared machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def speed(seed, quick):
+    rng, n, reps = np.random.default_rng(seed), 4096, 5 if quick else 20
+    # the compiled road step against the same step as plain Python
+    x, c, r = (rng.integers(-1, 2, n) for _ in range(3))
+    expert, move, u, reset = np.zeros((n, 1)), rng.uniform(-2, 2, n), rng.random((n, 3)), np.zeros(n, bool)
+    args = (x, c, r, expert, move, u, reset, 0.01, 3)
+    im.road_step(*args)
+    compiled = best_time(lambda: im.road_step(*args), reps * 5)
+    python = best_time(lambda: im.road_step.py_func(*args), 2)
+    steps_per_second = {}
+    for name, env in (("road", im.Road(n)), ("tree", im.Tree(n))):
+        env.reset(seed=0)
+        a = rng.uniform(-1, 1, (n, env.action_dim))
+        env.step(a)
+        steps_per_second[name] = n / best_time(lambda env=env, a=a: env.step(a), reps * 5)
+    # one training step of a 2x256 MLP at batch 256 against its matrix multiplications alone
+    O, A, B = 16, 4, 256
+    policy = im.Policy(im.L2Head(A), O, rng, hidden=(256, 256))
+    obs, act = rng.standard_normal((B, O), dtype=np.float32), rng.standard_normal((B, A), dtype=np.float32)
+    opt = im.Adam(policy.params.size)
+
+    def train_step():
+        loss, grad = policy.loss(obs, act, rng)
+        opt.step(policy.params, grad)
+
+    W = [w for name, w in policy.net.views(policy.params).items() if name[0] == "W"]
+    h = [obs] + [rng.standard_normal((B, w.shape[1]), dtype=np.float32) for w in W]
+
+    def matmuls():  # forward x W, then for each layer dW = x.T d and dx = d W.T
+        for i, w in enumerate(W):
+            h[i] @ w
+            h[i].T @ h[i + 1]
+            h[i + 1] @ w.T
+
+    train_step(), matmuls()
+    ratio_mlp = min(best_time(train_step, reps * 5) / best_time(matmuls, reps * 5) for _ in range(3))
+    # DDIM with S steps against S network forwards on the same batch
+    head = im.DiffusionHead([-1, -1], [1, 1], sample_steps=10)
+    policy = im.Policy(head, 2, rng, hidden=(256, 256, 256))
+    states = rng.standard_normal((n, 2), dtype=np.float32)
+    x_in = rng.standard_normal((n, policy.net.sizes[0]), dtype=np.float32)
+
+    def forwards():
+        for _ in range(head.sample_steps):
+            im.mlp_forward(policy.net, policy.params, x_in)
+
+    policy.sample(states, rng), forwards()
+    ratio_ddim = best_time(lambda: policy.sample(states, rng), reps) / best_time(forwards, reps)
+    return {
+        "env_speedup_vs_python": python / compiled,
+        "env_steps_per_second": steps_per_second["road"],
+        "tree_steps_per_second": steps_per_second["tree"],
+        "mlp_step_over_matmul": ratio_mlp,
+        "ddim_over_forwards": ratio_ddim,
+        "road_step_seconds": compiled,
+        "road_step_python_seconds": python,
+    }
+
+
+def report_speed(r):
+    compiled, python = 1e6 * r["road_step_seconds"], 1e3 * r["road_step_python_seconds"]
+    say(f"\n  road step at n = 4096: compiled {compiled:.0f} us, the same step as plain Python {python:.1f} ms")
+    road, tree = r["env_steps_per_second"], r["tree_steps_per_second"]
+    say(f"  environment steps per second at n = 4096: road {road:.3g}, tree {tree:.3g}")
+    return [
+        target(
+            r["env_speedup_vs_python"] >= 100, f"compiled step {r['env_speedup_vs_python']:.0f}x plain Python (>= 100x)"
+        ),
+        target(
+            r["mlp_step_over_matmul"] <= 1.5, f"2x256 MLP step {r['mlp_step_over_matmul']:.2f}x its matmuls (<= 1.5x)"
+        ),
+        target(
+            r["ddim_over_forwards"] <= 1.3,
+            f"DDIM, 10 steps: {r['ddim_over_forwards']:.2f}x 10 network forwards (<= 1.3x)",
+        ),
+    ]
+
+
+# ---- figure ----
+
+
+def plot(record, samples, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say(f"  no figure: matplotlib is not installed (pip install matplotlib), so {path} was not written")
+        return
+    b = record["bounds"]
+    T, e = np.array(b["T"], float), b["eps"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, power, title in (
+        (axes[0], 2, "J / (eps T^2): flat means quadratic"),
+        (axes[1], 1, "J / (eps T): flat means linear"),
+    ):
+        for name, m in b["methods"].items():
+            ci = np.array(m["ci"]) / (e * T[:, None] ** power)
+            ax.errorbar(
+                T,
+                np.array(m["cost"]) / (e * T**power),
+                yerr=np.abs(ci.T - np.array(m["cost"]) / (e * T**power)),
+                marker="o",
+                capsize=3,
+                label=name,
+            )
+        for key, style in (("bound_lecture", "k--"), ("bound_ross", "k:"), ("tightrope", "k-.")):
+            ax.plot(T, np.array(b[key]) / (e * T**power), style, label=key.replace("_", " "))
+        ax.set(xscale="log", yscale="log", xlabel="horizon T", title=title)
+        ax.set_xticks(T, [str(int(t)) for t in T])
+    axes[0].legend(fontsize=7)
+    ax = axes[2]
+    for name, s in samples.items():
+        s = np.array(s)
+        ax.scatter(s[:, 0], s[:, 1], s=4, alpha=0.5, label=name)
+    ax.set(
+        xlim=(-1.1, 1.1),
+        ylim=(-0.1, 1.1),
+        xlabel="sampled action x",
+        ylabel="sampled action y",
+        title="actions sampled at (0, -0.72), just where the demonstrations part",
+    )
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    say(f"  figure written to {path}")
+
+
+# ---- main ----
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run of every section (CI-sized)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write the record as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="draw the figure (needs matplotlib)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    record, verdicts = {"seed": args.seed, "quick": args.quick}, []
+    say("1. Compounding error on the road: BC against DAgger, HG-DAgger and DART at one label budget")
+    record["bounds"] = compounding(args.seed, args.quick)
+    verdicts += report_compounding(record["bounds"])
+    say("\n2. Expressive heads on the tree's bimodal demonstrations")
+    record["multimodal"], samples = multimodal(args.seed, args.quick)
+    verdicts += report_multimodal(record["multimodal"])
+    say("\n3. Hindsight relabeling on the goal task")
+    record["hindsight"] = hindsight(args.seed, args.quick)
+    verdicts += report_hindsight(record["hindsight"])
+    say("\n4. Speed, measured side by side after warm-up")
+    record["speed"] = speed(args.seed, args.quick)
+    verdicts += report_speed(record["speed"])
+    record["seconds"] = time.perf_counter() - start
+    say(f"\nTargets ({'quick run: reduced budgets, so misses are expected' if args.quick else 'full run'}):")
+    for line in verdicts:
+        say("  " + line)
+    say(f"\nwall time {record['seconds']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+        say(f"record written to {args.json}")
+    if args.plot:
+        plot(record, samples, args.plot)
+
+
+if __name__ == "__main__":
+    main()
