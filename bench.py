@@ -132,7 +132,7 @@ def report_compounding(r):
         target(m["dagger"]["slope"] <= 1.2, f"DAgger's slope {m['dagger']['slope']:.2f} <= 1.2"),
         target(m["hg_dagger"]["slope"] <= 1.3, f"HG-DAgger's slope {m['hg_dagger']['slope']:.2f} <= 1.3"),
         target(below, "BC's measured cost below eps T + 2 eps T^2 and T^2 eps at every T"),
-        target(inside_all, f"exact J in the simultaneous 95% intervals at every (method, T); {inside}/{len(pairs)} plain"),
+        target(inside_all, f"exact J in simultaneous 95% intervals at all (method, T); {inside}/{len(pairs)} in plain"),
         target(hg_reaches and fewer, "HG-DAgger reaches DAgger's cost (within 10% at the longest T) with fewer labels"),
     ]
 
