@@ -43,11 +43,12 @@ def compounding(seed, quick):
     names = ["bc", "dagger", "hg_dagger", "dart"]
     out = {k: {"cost": [], "ci": [], "exact": [], "boot": [], "labels": []} for k in names}
     alpha = 0.05 / (len(names) * len(horizons))  # Bonferroni: 95% for all (method, T) intervals at once
-    eps_hat = []
+    eps_hat, takeover_labels = [], []
     for T in horizons:
         n = budget // (rounds * T)  # rollouts per round; rounds * n * T = budget labels
         env = im.Road(n, T, eps, lanes, seed=seed)
         demo_env = im.Road(rounds * n, T, eps, lanes, seed=seed)
+        drive = im.Road(4 * n, T, eps, lanes, seed=seed)  # HG-DAgger's learner drives more: only takeovers cost labels
         cfg = im.DaggerConfig(rounds=rounds, horizon=T, train=train, val_seed=seed + 7)
         demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed + T)
         policy = {k: im.Policy(head, env.obs_dim, np.random.default_rng(seed)) for k in names}
@@ -55,13 +56,14 @@ def compounding(seed, quick):
         first = demos.pairs(where=np.arange(rounds * n)[:, None] < n)  # HG-DAgger starts from one round of demos
         results = {
             "dagger": im.dagger(policy["dagger"], env, env.expert, cfg, rng),
-            "hg_dagger": im.hg_dagger(policy["hg_dagger"], env, env.expert, env.unsafe, *first, cfg, rng),
+            "hg_dagger": im.hg_dagger(policy["hg_dagger"], drive, drive.expert, drive.unsafe, *first, cfg, rng),
             "dart": im.dart(policy["dart"], env, env.expert, 0.5, cfg, rng),
         }
         best = {"bc": policy["bc"]} | {k: r.best for k, r in results.items()}
         labels = {"bc": int(demos.mask.sum())} | {k: len(r.obs) for k, r in results.items()}
-        held_env = im.Road(4096, T, eps, lanes)
-        held_out = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=seed + 99)
+        takeover_labels.append(len(results["hg_dagger"].obs) - len(first[0]))  # beyond its first round of demos
+        held_env = im.Road((1 << 20 if not quick else 1 << 15) // T, T, eps, lanes)  # fresh expert states per T
+        held_out = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=seed + 99 + T)
         obs, label = held_out.pairs()
         eps_hat.append(float(np.mean(np.abs(best["bc"].act(obs) - label) > 0.5)))  # BC's 0-1 error on expert states
         evaluation = im.Road(episodes, T, eps, lanes)
@@ -84,7 +86,8 @@ def compounding(seed, quick):
         "T": horizons,
         "eps": e,
         "eps_reading": eps,
-        "bound_lecture": (e * Ts + 2 * e * Ts**2).tolist(),  # sum_t (eps + 2 eps t)
+        "eps_per_T": eps_hat,
+        "bound_lecture": (e * Ts + 2 * e * Ts**2).tolist(),  # sum_t (eps + 2 eps t) = eps T^2 + 2 eps T <= this
         "bound_ross": (e * Ts**2).tolist(),  # Ross & Bagnell 2010: T^2 eps
         "tightrope": [float(sum(1 - (1 - e) ** t for t in range(1, T + 1))) for T in horizons],
         "methods": {},
@@ -99,6 +102,7 @@ def compounding(seed, quick):
             "slope": float(im.loglog_slope(Ts, out[k]["cost"])),
             "slope_ci": np.quantile(slopes, [0.025, 0.975]).tolist(),
             "expert_labels": int(max(out[k]["labels"])),
+            **({"takeover_labels_per_T": takeover_labels} if k == "hg_dagger" else {}),
             "expert_labels_per_T": [int(x) for x in out[k]["labels"]],
         }
     return record
@@ -120,6 +124,11 @@ def report_compounding(r):
     for k, m in r["methods"].items():
         lo, hi = m["slope_ci"]
         say(f"  {k:<10} {m['slope']:>14.2f} [{lo:>6.2f},{hi:>6.2f}] {m['expert_labels']:>14}")
+    hg = r["methods"]["hg_dagger"]
+    takeover = hg["takeover_labels_per_T"]
+    demos = hg["expert_labels_per_T"][-1] - takeover[-1]
+    say(f"  (hg_dagger: {demos} labels of first-round demonstrations, then {', '.join(map(str, takeover))} takeover")
+    say(f"   labels at T = {', '.join(map(str, r['T']))}. Slope CIs resample evaluation episodes, policies fixed.)")
     m = r["methods"]
     pairs = [(ci, sim, x) for mm in m.values() for ci, sim, x in zip(mm["ci"], mm["ci_simultaneous"], mm["exact"])]
     inside = sum(lo <= x <= hi for (lo, hi), _, x in pairs)
@@ -224,10 +233,10 @@ def report_multimodal(r):
 def hindsight(seed, quick):
     """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal."""
     rng = np.random.default_rng(seed)
-    wander = im.Goals(2560, horizon=20, play=True, start=1.0)
+    wander = im.Goals(2560, horizon=20, play=True, start=0.5)  # play starts in the central square
     play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=seed)
     one_goal = np.tile(np.float32([[0.5, 0.5]]), (2560, 1))
-    fixed = im.Goals(2560, horizon=20, start=1.0)
+    fixed = im.Goals(2560, horizon=20, start=0.5)
     demos = im.rollout(fixed, None, 20, rng, expert=fixed.expert, beta=1.0, seed=seed, options={"goals": one_goal})
     train = im.TrainConfig(steps=800 if quick else 3000)
     goals = np.random.default_rng(seed + 1).uniform(-1, 1, (1000, 2)).astype(np.float32)  # held-out goals
@@ -253,7 +262,7 @@ def hindsight(seed, quick):
                     im.Goals(1000, 30, start=s), act, 30, rng, seed=seed + 5, options={"goals": goals}
                 ).success.mean()
             )
-            for key, s in (("success", 0.5), ("perturbed_success", 1.0))
+            for key, s in (("success", 0.5), ("perturbed_success", 1.0))  # perturbed: starts anywhere in the arena
         }
         say(f"  {name:<12} success {record[name]['success']:.3f}")
     return record
@@ -290,8 +299,9 @@ def speed(seed, quick):
     expert, move, u, reset = np.zeros((n, 1)), rng.uniform(-2, 2, n), rng.random((n, 3)), np.zeros(n, bool)
     args = (x, c, r, expert, move, u, reset, 0.01, 3)
     im.road_step(*args)
-    compiled = best_time(lambda: im.road_step(*args), reps * 5)
-    python = best_time(lambda: getattr(im.road_step, "py_func", im.road_step)(*args), 2)  # the same step, not compiled
+    compiled = best_time(lambda: im.road_step(*args), reps)
+    python_step = getattr(im.road_step, "py_func", im.road_step)  # the same step, not compiled
+    python = best_time(lambda: python_step(*args), reps)
     steps_per_second = {}
     for name, env in (("road", im.Road(n)), ("tree", im.Tree(n))):
         env.reset(seed=0)

@@ -3,7 +3,7 @@
 Read it beside the lecture notes; copy a head or a loop into your own project; run the experiments:
 
     python bench.py          # the lecture's results, with confidence intervals, in about a minute
-    python imitate.py        # a 20-second tour of the policy heads on bimodal demonstrations
+    python imitate.py        # a short tour of the policy heads on bimodal demonstrations
     pytest -q                # the tests: gradients, samplers, kernels, algorithms
 
 Papers implemented:
@@ -24,7 +24,8 @@ Papers implemented:
 
 Lecture idea -> where it lives:
     L2 regression learns the conditional mean .......... L2Head.nll
-    expressive heads fit multimodal demonstrations ..... MixtureHead, AutoregressiveHead, DiffusionHead
+    expressive heads fit multimodal demonstrations ..... MixtureHead, CategoricalHead, AutoregressiveHead,
+                                                         DiffusionHead
     BC's cost grows like eps T^2 ....................... bc, road_exact_cost
     DAgger's cost grows like eps T ..................... dagger
     human-gated corrections need fewer labels .......... hg_dagger
@@ -203,9 +204,9 @@ class Adam:
 
 # ---- policy heads ----
 # A head turns network outputs into an action distribution. Output heads (L2, Gaussian, mixture,
-# categorical) give nll(out, a) -> (loss, dout), sample(out, rng) and mode(out); the Head base class
-# runs the network around them. The autoregressive and diffusion heads call the network several
-# times per action, so they override the three policy_* methods instead.
+# categorical) give nll(out, a) -> (loss, dout), log_prob(out, a), sample(out, rng) and mode(out); the
+# Head base class runs the network around them. The autoregressive and diffusion heads call the network
+# several times per action, so they override the four policy_* methods instead.
 
 LOG_2PI = math.log(2 * math.pi)
 
