@@ -1198,13 +1198,15 @@ def disagreement(traj, tol):
 
 def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None):
     """The loop DAgger, HG-DAgger and DART share: collect, aggregate, retrain, validate, keep the best.
-    collect(i, learner) -> (Trajectories, where) gives round i's data: labels at the real steps where `where` holds."""
+    collect(i, learner) -> (Trajectories, where, notes) gives round i's data, the expert's labels at the real
+    steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
+    data is an expert label, so the log's data size is also the number of labels used."""
     rng = _generator(rng)
     obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
     act_data = [] if actions is None else [np.asarray(actions, np.float32)]
     best, best_cost, log = None, np.inf, []
     for i in range(cfg.rounds):
-        traj, where = collect(i, actor(policy, rng, cfg.stochastic))
+        traj, where, notes = collect(i, actor(policy, rng, cfg.stochastic))
         o, a = traj.pairs(where=where)  # the expert labels the states the rollout visited
         obs_data.append(o)
         act_data.append(a)
@@ -1216,10 +1218,7 @@ def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None):
         bc(policy, O, A, cfg.train, rng)
         val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=expert, seed=cfg.val_seed)
         cost = float(val.total_cost.mean())
-        log.append(
-            dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol))
-            | ({} if where is None else _interventions(traj))
-        )
+        log.append(dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol)) | notes)
         if cost < best_cost:
             best, best_cost = policy.copy(), cost
     return Result(best, policy.copy(), log, O, A)
@@ -1238,7 +1237,7 @@ def dagger(policy, env, expert, cfg=DaggerConfig(), rng=None):
 
     def collect(i, learner):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, beta=float(betas[i]), seed=_seed(rng))
-        return traj, None  # DAgger: every visited state is labeled, whoever acted
+        return traj, None, {"beta": float(betas[i])}  # DAgger: every visited state is labeled, whoever acted
 
     return interactive(policy, env, expert, cfg, rng, collect)
 
@@ -1251,7 +1250,7 @@ def hg_dagger(policy, env, expert, gate, obs, actions, cfg=DaggerConfig(), rng=N
 
     def collect(i, learner):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, gate=gate, handback=cfg.handback, seed=_seed(rng))
-        return traj, traj.intervened  # HG-DAgger: only where the expert was in control
+        return traj, traj.intervened, _interventions(traj)  # HG-DAgger: only where the expert was in control
 
     return interactive(policy, env, expert, cfg, rng, collect, obs, actions)
 
@@ -1265,7 +1264,7 @@ def dart(policy, env, expert, noise, cfg=DaggerConfig(), rng=None):
 
     def collect(i, learner):
         traj = rollout(env, None, cfg.horizon, rng, expert=expert, beta=1.0, noise=noise, seed=_seed(rng))
-        return traj, None  # DART: the expert acts, perturbed; the labels are its intended actions
+        return traj, None, {"noise": float(noise)}  # DART: the expert acts, perturbed; labels are its intentions
 
     return interactive(policy, env, expert, cfg, rng, collect)
 
