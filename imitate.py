@@ -1344,8 +1344,8 @@ def tour(seed=0, steps=1500):
     }
     test = rng.uniform(-1, 1, (2000, 2)).astype(np.float32)
     print(f"{'head':<15}{'final loss':>11}{'mean action':>13}{'near -1':>9}{'near +1':>9}{'near 0':>8}")
-    for name, head in heads.items():
-        policy = Policy(head, 2, rng)
+    for name, head in heads.items():  # the diffusion head's noise predictor needs a bigger network
+        policy = Policy(head, 2, rng, hidden=(256, 256, 256) if name == "diffusion" else (64, 64))
         losses = bc(policy, obs, actions, TrainConfig(steps=steps), rng)
         a = policy.sample(test, rng)[:, 0]
         near = [np.mean(np.abs(a - m) < 0.5) for m in (-1, 1, 0)]
