@@ -217,7 +217,8 @@ def logsumexp(x, axis=-1):
 
 
 def log_softmax(x):
-    return x - logsumexp(x)[..., None]
+    z = x - x.max(-1, keepdims=True)  # shift first: adding the max back would round away small terms
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))  # log p_k = x_k - log sum_j e^x_j
 
 
 def sample_categorical(p, rng):
