@@ -34,7 +34,10 @@ Lecture idea -> where it lives:
 """
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -46,42 +49,55 @@ from numba import njit
 # T horizon, n environments.
 
 
-def linear_forward(x, W, b):
-    z = x @ W  # (B, J); the cache is x itself
-    z += b  # in place: one (B, J) temporary fewer
-    return z
+def linear_forward(x, W, b, out):
+    np.matmul(x, W, out=out)  # z = x W + b (B, J), written into out; the cache is x itself
+    out += b
+    return out
 
 
-def linear_backward(dout, x, W, dW, db, input_grad=True):
-    dW += x.T @ dout  # (I, J)
-    db += dout.sum(0)  # (J,)
-    return dout @ W.T if input_grad else None  # (B, I)
+def linear_backward(dout, x, W, dW, db, dx=None):
+    """Writes dL/dW and dL/db (each layer runs once per step, so nothing is accumulated) and dL/dx if asked."""
+    np.matmul(x.T, dout, out=dW)  # dL/dW = x^T dout (I, J)
+    np.sum(dout, 0, out=db)  # dL/db = sum_b dout (J,)
+    return None if dx is None else np.matmul(dout, W.T, out=dx)  # dL/dx = dout W^T (B, I)
 
 
-def relu_forward(z):
-    return np.maximum(z, 0)
+# Activations: forward(z, out) -> h = f(z); backward(dh, z, h) turns dh = dL/dh into dL/dz = dL/dh f'(z) in
+# place. Backward runs after the next layer has used h, so it may overwrite z and h: no temporaries.
 
 
-def relu_backward(dout, z):
-    return dout * (z > 0)  # dL/dz = dL/dh 1[z > 0]
+def relu_forward(z, out):
+    return np.multiply(z, np.greater(z, 0, out=out), out=out)  # z 1[z > 0]: as max(z, 0), at half its cost
 
 
-def tanh_forward(z):
-    return np.tanh(z)
+def relu_backward(dh, z, h):
+    dh *= np.greater(z, 0, out=z)  # f'(z) = 1[z > 0]
 
 
-def tanh_backward(dout, z):
-    t = np.tanh(z)  # recomputed, not cached
-    return dout * (1 - t * t)
+def tanh_forward(z, out):
+    return np.tanh(z, out=out)
 
 
-def silu_forward(z):
-    return z * (0.5 + 0.5 * np.tanh(0.5 * z))  # z sigmoid(z), with sigmoid(z) = (1 + tanh(z / 2)) / 2
+def tanh_backward(dh, z, h):
+    dh *= np.subtract(1, np.square(h, out=h), out=h)  # f'(z) = 1 - tanh(z)^2 = 1 - h^2
 
 
-def silu_backward(dout, z):
-    s = 0.5 + 0.5 * np.tanh(0.5 * z)  # recomputed, not cached
-    return dout * s * (1 + z * (1 - s))  # d/dz z s(z) = s + z s (1 - s)
+def sigmoid(z, out):
+    s = np.tanh(np.multiply(z, 0.5, out=out), out=out)  # sigmoid(z) = (1 + tanh(z / 2)) / 2: no overflow
+    s *= 0.5
+    s += 0.5
+    return s
+
+
+def silu_forward(z, out):
+    return np.multiply(z, sigmoid(z, out), out=out)  # h = z sigmoid(z)
+
+
+def silu_backward(dh, z, h):
+    np.subtract(z, h, out=h)  # z - h = z (1 - s), with s = sigmoid(z) and h = z s
+    h += 1
+    dh *= h
+    dh *= sigmoid(z, z)  # f'(z) = s (1 + z (1 - s))
 
 
 ACTIVATIONS = {
@@ -104,7 +120,7 @@ class MLP:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
 
-    @property
+    @cached_property
     def shapes(self):
         return {
             name: shape
@@ -112,7 +128,7 @@ class MLP:
             for name, shape in ((f"W{i}", (I, J)), (f"b{i}", (J,)))
         }
 
-    @property
+    @cached_property
     def n_params(self):
         return sum(math.prod(s) for s in self.shapes.values())
 
@@ -120,8 +136,9 @@ class MLP:
         """Named views into the flat vector: {"W0": (I, H), "b0": (H,), ...}; writing to them writes to flat."""
         out, i = {}, 0
         for name, shape in self.shapes.items():
-            out[name] = flat[i : i + math.prod(shape)].reshape(shape)
-            i += math.prod(shape)
+            n = math.prod(shape)
+            out[name] = flat[i : i + n].reshape(shape)
+            i += n
         return out
 
     def init(self, rng):
@@ -134,50 +151,71 @@ class MLP:
         return flat
 
 
-def mlp_forward(net, params, x):
-    """x (B, I) -> out (B, J) and the cache mlp_backward needs: every layer's input and pre-activation."""
+class Buffers(NamedTuple):
+    """One network's activations and gradients at one batch size. A training step writes into the same
+    buffers every time (llm.c keeps one activation buffer the same way), so it allocates no large arrays."""
+
+    z: list  # z[i] (B, J_i): layer i's pre-activation; z[-1] is the network's output
+    h: list  # h[i] (B, J_i): layer i's activation, the next layer's input
+    dh: list  # dh[i] (B, I_i): dL/d(layer i's input); dh[0] is dL/dx
+
+    @classmethod
+    def of(cls, net, rows, dtype=np.float32):
+        def new(widths):
+            return [np.empty((rows, w), dtype) for w in widths]
+
+        return cls(new(net.sizes[1:]), new(net.sizes[1:-1]), new(net.sizes[:-1]))
+
+
+def buffers(workspace, name, net, x, params):
+    """Network `name`'s buffers for input x, made on first use and kept in the workspace dict (a Policy owns
+    one), one set per batch size and dtype; None without a workspace, and mlp_forward makes fresh ones."""
+    if workspace is None:
+        return None
+    key = (name, len(x), np.result_type(x, params))
+    if key not in workspace:
+        workspace[key] = Buffers.of(net, *key[1:])
+    return workspace[key]
+
+
+def mlp_forward(net, params, x, buf=None):
+    """x (B, I) -> out (B, J), written into buf (fresh buffers if None); the cache for mlp_backward is (x, buf).
+    The output lives in buf: a second forward through the same buffers overwrites it."""
     act = ACTIVATIONS[net.activation][0]
     p = net.views(params)
-    n_layers = len(net.sizes) - 1
-    xs, zs = [], []
+    buf = buf or Buffers.of(net, len(x), np.result_type(x, params))
     h = x
-    for i in range(n_layers):
-        z = linear_forward(h, p[f"W{i}"], p[f"b{i}"])  # (B, H)
-        xs.append(h)
-        zs.append(z)
-        h = act(z) if i < n_layers - 1 else z
-    return h, (xs, zs)
+    for i in range(len(net.sizes) - 1):
+        z = linear_forward(h, p[f"W{i}"], p[f"b{i}"], buf.z[i])  # (B, J)
+        h = act(z, buf.h[i]) if i < len(buf.h) else z
+    return h, (x, buf)
 
 
 def mlp_backward(net, params, dout, cache, dparams, input_grad=True):
-    """Accumulates the parameter gradients into dparams (same layout as params); returns dx (B, I),
-    or None with input_grad=False (training needs no gradient for the data: one matmul saved)."""
+    """Writes the parameter gradients into dparams (same layout as params); returns dx (B, I), or None with
+    input_grad=False (training needs no gradient for the data: one matmul saved). Overwrites the cache."""
     act_backward = ACTIVATIONS[net.activation][1]
     p, d = net.views(params), net.views(dparams)
-    xs, zs = cache
-    for i in reversed(range(len(xs))):
-        if i < len(xs) - 1:
-            dout = act_backward(dout, zs[i])  # (B, H)
-        dout = linear_backward(dout, xs[i], p[f"W{i}"], d[f"W{i}"], d[f"b{i}"], input_grad or i > 0)
+    x, buf = cache
+    for i in reversed(range(len(net.sizes) - 1)):
+        if i < len(buf.h):
+            act_backward(dout, buf.z[i], buf.h[i])  # dout: dL/dh -> dL/dz, in place
+        dx = buf.dh[i] if input_grad or i > 0 else None
+        dout = linear_backward(dout, buf.h[i - 1] if i > 0 else x, p[f"W{i}"], d[f"W{i}"], d[f"b{i}"], dx)
     return dout
 
 
 @njit(cache=True, error_model="numpy")  # numpy's error model: no per-element division checks, so it vectorizes
-def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, max_norm):
-    """One Adam step over the flat vector, in place; gradients first clipped to global norm max_norm (if > 0)."""
-    scale = 1.0
-    if max_norm > 0:
-        norm = math.sqrt(np.sum(grad.astype(np.float64) ** 2))
-        if norm > max_norm:
-            scale = max_norm / norm
-    step, inv_c2 = lr / (1 - beta1**t), 1 / (1 - beta2**t)  # the bias corrections 1 - b^t folded in
-    for i in range(params.size):  # in float64, stored as float32: the same in numba and in Python
-        g = float(grad[i]) * scale
-        m[i] = beta1 * float(m[i]) + (1 - beta1) * g  # m = b1 m + (1 - b1) g
-        v[i] = beta2 * float(v[i]) + (1 - beta2) * g * g  # v = b2 v + (1 - b2) g^2
-        params[i] = float(params[i]) - step * float(m[i]) / (
-            math.sqrt(float(v[i]) * inv_c2) + eps
-        )  # lr m^ / (sqrt(v^) + eps)
+def adam_update(params, grad, m, v, t, lr, beta1, beta2, eps, scale):
+    """One Adam step over the flat vector, in place, on the gradient times `scale` (clipping)."""
+    f32 = np.float32  # float32 throughout, as numpy scalars in Python: the same numbers compiled or not
+    step, inv_c2 = f32(lr / (1 - beta1**t)), f32(1 / (1 - beta2**t))  # the bias corrections 1 - b^t folded in
+    b1, b2, eps, scale = f32(beta1), f32(beta2), f32(eps), f32(scale)
+    for i in range(params.size):
+        g = grad[i] * scale
+        m[i] = b1 * m[i] + (f32(1) - b1) * g  # m = b1 m + (1 - b1) g
+        v[i] = b2 * v[i] + (f32(1) - b2) * g * g  # v = b2 v + (1 - b2) g^2
+        params[i] -= step * m[i] / (np.sqrt(v[i] * inv_c2) + eps)  # lr m^ / (sqrt(v^) + eps)
 
 
 class Adam:
@@ -194,19 +232,27 @@ class Adam:
         self.m, self.v, self.t = np.zeros(n, np.float32), np.zeros(n, np.float32), 0
 
     def step(self, params, grad):
+        """One step, with the gradient first clipped to global norm max_norm (if > 0); returns the norm.
+        Changes nothing when the norm is not finite or its square overflows the float32 moments (>= 1e19)."""
         for name, x in (("params", params), ("grad", grad)):
             if x.dtype != np.float32 or x.shape != self.m.shape or not x.flags.c_contiguous:
                 raise ValueError(f"{name} must be a contiguous float32 vector of length {self.m.size}")
+        norm = math.sqrt(float(np.dot(grad, grad)))  # NaN or inf if any element is
+        if not norm < 1e19:
+            return norm
         self.t += 1
-        b1, b2 = self.betas
-        adam_update(params, grad, self.m, self.v, float(self.t), self.lr, b1, b2, self.eps, self.max_norm)
+        scale = self.max_norm / norm if 0 < self.max_norm < norm else 1.0
+        adam_update(params, grad, self.m, self.v, float(self.t), self.lr, *self.betas, self.eps, scale)
+        return norm
 
 
 # ---- policy heads ----
 # A head turns network outputs into an action distribution. Output heads (L2, Gaussian, mixture,
-# categorical) give nll(out, a) -> (loss, dout), log_prob(out, a), sample(out, rng) and mode(out); the
-# Head base class runs the network around them. The autoregressive and diffusion heads call the network
-# several times per action, so they override the four policy_* methods instead.
+# categorical) give nll(out, a) -> (l, dl): the per-example losses l (B,) and dl = dl_i/dout_i (B, n_out),
+# and log_prob(out, a), sample(out, rng) and mode(out); the Head base class runs the network around them.
+# The autoregressive, diffusion and CVAE heads call networks several times per action, so they override
+# the four policy_* methods instead. Every head trains on L = 1/B sum_i w_i l_i: w = 1 is behavior cloning,
+# w = advantages is the policy gradient (weigh, below).
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -270,18 +316,31 @@ def _action_bounds(low, high):
     return low, high
 
 
+def weigh(l, dl, w=None):
+    """L = 1/B sum_i w_i l_i from per-example losses l (B,) and their gradients dl (B, ...), and dL/d(outputs):
+    dl's rows times w_i / B. w: None (all ones: BC's mean), an array (B,), or a function of l that returns one
+    (PPO's clipped ratio needs the current losses)."""
+    if w is None:
+        return float(l.mean()), dl / len(l)
+    w = np.asarray(w(l) if callable(w) else w, l.dtype) / len(l)
+    return float(w @ l), dl * w.reshape(-1, *[1] * (dl.ndim - 1))
+
+
 class Head:
     """Base class: how many network outputs a head needs and how the policy runs the network around it."""
 
     def net_in(self, obs_dim):
         return obs_dim
 
-    def policy_loss(self, net, params, obs, a, rng):
-        out, cache = mlp_forward(net, params, obs)
-        loss, dout = self.nll(out, a)
-        dparams = np.zeros_like(params)
-        mlp_backward(net, params, dout, cache, dparams, input_grad=False)
-        return loss, dparams
+    def init_extra(self, net, rng):
+        return np.zeros(0, np.float32)  # parameters beyond the network's, at the end of the flat vector (CVAE)
+
+    def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
+        """L = 1/B sum_i w_i l_i(params) (w = None: BC's mean loss). Writes dL/dparams into grad (params' layout)
+        and returns L and, with obs_grad, dL/dobs (B, O) (else None). workspace: the policy's buffers."""
+        out, cache = mlp_forward(net, params, obs, buffers(workspace, "net", net, obs, params))
+        loss, dout = weigh(*self.nll(out, a), w)
+        return loss, mlp_backward(net, params, dout, cache, grad, obs_grad)
 
     def policy_log_prob(self, net, params, obs, a):
         return self.log_prob(mlp_forward(net, params, obs)[0], a)
@@ -306,7 +365,7 @@ class L2Head(Head):
 
     def nll(self, out, a):
         diff = out - a  # (B, A)
-        return float(0.5 * (diff * diff).sum() / len(a)), diff / len(a)  # L = 1/B sum 1/2 ||mu - a||^2
+        return 0.5 * (diff * diff).sum(1), diff  # l = 1/2 ||mu - a||^2, dl/dmu = mu - a
 
     def log_prob(self, out, a):
         return -0.5 * ((out - a) ** 2).sum(1) - 0.5 * self.action_dim * LOG_2PI  # log N(a; mu, I)
@@ -339,11 +398,10 @@ class GaussianHead(Head):
         return self.terms(out, a)[0]
 
     def nll(self, out, a):
-        B = len(a)
         log_p, z, inv_std, dlog_std_draw = self.terms(out, a)
-        dmu = -z * inv_std / B  # dL/dmu = -(a - mu) / sigma^2
-        dlog_std = (1 - z * z) / B  # dL/dlog_std = 1 - z^2
-        return float(-log_p.mean()), np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
+        dmu = -z * inv_std  # dl/dmu = -(a - mu) / sigma^2
+        dlog_std = 1 - z * z  # dl/dlog_std = 1 - z^2
+        return -log_p, np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
 
     def sample(self, out, rng):
         A = self.action_dim
@@ -387,11 +445,10 @@ class MixtureHead(Head):
         B = len(a)
         log_p, log_w, log_joint, z, inv_std, dlog_std_draw = self.terms(out, a)
         r = np.exp(log_joint - log_p[:, None])  # (B, K) responsibilities
-        dlogits = (np.exp(log_w) - r) / B  # dL/dlogits = w - r
-        dmu = -r[..., None] * z * inv_std / B  # dL/dmu_k = -r_k (a - mu_k) / sigma_k^2
-        dlog_std = r[..., None] * (1 - z * z) / B  # dL/dlog_std_k = r_k (1 - z_k^2)
-        dout = np.concatenate([dlogits, dmu.reshape(B, -1), (dlog_std * dlog_std_draw).reshape(B, -1)], 1)
-        return float(-log_p.mean()), dout
+        dlogits = np.exp(log_w) - r  # dl/dlogits = w - r
+        dmu = -r[..., None] * z * inv_std  # dl/dmu_k = -r_k (a - mu_k) / sigma_k^2
+        dlog_std = r[..., None] * (1 - z * z)  # dl/dlog_std_k = r_k (1 - z_k^2)
+        return -log_p, np.concatenate([dlogits, dmu.reshape(B, -1), (dlog_std * dlog_std_draw).reshape(B, -1)], 1)
 
     def sample(self, out, rng):
         logits, mu, log_std, _ = self.split(out)
@@ -406,12 +463,12 @@ class MixtureHead(Head):
 
 
 def categorical_nll(logits, i):
-    """L = -1/B sum_b log softmax(logits_b)[i_b] and dL/dlogits = (softmax - onehot) / B."""
-    B = len(i)
+    """l_b = -log softmax(logits_b)[i_b] (B,) and dl_b/dlogits_b = softmax - onehot (B, C)."""
+    rows = np.arange(len(i))
     log_p = log_softmax(logits)  # (B, C)
     dlogits = np.exp(log_p)
-    dlogits[np.arange(B), i] -= 1
-    return float(-log_p[np.arange(B), i].mean()), dlogits / B
+    dlogits[rows, i] -= 1
+    return -log_p[rows, i], dlogits
 
 
 class CategoricalHead(Head):
@@ -431,7 +488,7 @@ class CategoricalHead(Head):
         return ((a[:, None, :] - self.values) ** 2).sum(2).argmin(1)  # (B,) the nearest value
 
     def nll(self, out, a):
-        return categorical_nll(out, self.index(a))  # L = -1/B sum log p(a_i | s_i)
+        return categorical_nll(out, self.index(a))  # l = -log p(a | s)
 
     def log_prob(self, out, a):
         return log_softmax(out)[np.arange(len(a)), self.index(a)]
@@ -476,16 +533,15 @@ class AutoregressiveHead(Head):
         x[:, O + A + d] = 1  # which dimension is asked for
         return x
 
-    def policy_loss(self, net, params, obs, a, rng):
-        k = self.bins(a)  # (B, A)
-        chosen = self.centres(k)
-        x = np.concatenate([self.inputs(obs, chosen, d) for d in range(self.action_dim)])  # (A B, O + 2A)
-        out, cache = mlp_forward(net, params, x)
-        loss, dout = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: true earlier bins
-        dparams = np.zeros_like(params)
-        A = self.action_dim  # L = -1/B sum_b sum_d log p(k_bd | k_b<d, s_b)
-        mlp_backward(net, params, dout * A, cache, dparams, input_grad=False)
-        return loss * A, dparams
+    def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
+        k, A, B = self.bins(a), self.action_dim, len(obs)  # k (B, A)
+        x = np.concatenate([self.inputs(obs, self.centres(k), d) for d in range(A)])  # (A B, O + 2A)
+        out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
+        l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins
+        w = np.ones(B, l.dtype) if w is None else w(l.reshape(A, B).sum(0)) if callable(w) else w
+        loss, dout = weigh(l, dl, A * np.tile(w, A))  # L = 1/B sum_b w_b l_b, l_b = -sum_d log p(k_bd | k_b<d, s_b)
+        dx = mlp_backward(net, params, dout, cache, grad, obs_grad)
+        return loss, None if dx is None else dx.reshape(A, B, -1)[:, :, : obs.shape[1]].sum(0)
 
     def log_prob_bins(self, net, params, obs, k):
         """log p(k | s) of whole bin vectors k (B, A): the sum of the per-dimension log-probabilities."""
@@ -604,18 +660,19 @@ class DiffusionHead(Head):
     def net_in(self, obs_dim):
         return self.action_dim + self.embedding.shape[1] + obs_dim
 
-    def policy_loss(self, net, params, obs, a, rng):
+    def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
         B = len(a)
         x0 = (2 * (a - self.low) / (self.high - self.low) - 1).astype(obs.dtype)  # (B, A) in [-1, 1]
         n = rng.integers(0, len(self.embedding), B)  # a noise level per example
         eps = rng.standard_normal(x0.shape).astype(obs.dtype)
         ab = self.schedule.alpha_bar[n][:, None].astype(obs.dtype)
         xn = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps  # a_n ~ q(a_n | a_0) in closed form
-        out, cache = mlp_forward(net, params, np.concatenate([xn, self.embedding[n].astype(obs.dtype), obs], 1))
+        x = np.concatenate([xn, self.embedding[n].astype(obs.dtype), obs], 1)
+        out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
         diff = out - eps  # (B, A)
-        dparams = np.zeros_like(params)
-        mlp_backward(net, params, 2 * diff / B, cache, dparams, input_grad=False)  # L = 1/B sum ||eps_theta - eps||^2
-        return float((diff * diff).sum() / B), dparams
+        loss, dout = weigh((diff * diff).sum(1), 2 * diff, w)  # l = ||eps_theta - eps||^2
+        dx = mlp_backward(net, params, dout, cache, grad, obs_grad)
+        return loss, None if dx is None else dx[:, -obs.shape[1] :]
 
     def eps_fn(self, net, params, obs):
         def eps_theta(x, n):  # the network's noise prediction at level n
@@ -649,7 +706,9 @@ class Policy:
     def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu"):
         self.head, self.obs_dim = head, _positive_int("obs_dim", obs_dim)
         self.net = MLP((head.net_in(self.obs_dim), *hidden, head.n_out), activation)
-        self.params = self.net.init(_generator(rng))
+        rng = _generator(rng)
+        self.params = np.concatenate([self.net.init(rng), head.init_extra(self.net, rng)])
+        self.workspace = {}  # activation buffers per batch size, reused by every training step
 
     def check(self, obs, a=None):
         check_array("obs", obs, (None, self.obs_dim))
@@ -658,10 +717,12 @@ class Policy:
         if a is not None:
             check_array("actions", a, (len(obs), self.head.action_dim))
 
-    def loss(self, obs, a, rng):
-        """The head's loss on a batch and its gradient with respect to params (same layout)."""
+    def loss(self, obs, a, rng, weights=None):
+        """The head's loss on a batch, 1/B sum_i w_i l_i (weights None: all ones), and its gradient (params' layout)."""
         self.check(obs, a)
-        return self.head.policy_loss(self.net, self.params, obs, a, _generator(rng))
+        grad = np.empty_like(self.params)
+        loss, _ = self.head.policy_loss(self.net, self.params, obs, a, _generator(rng), grad, weights, self.workspace)
+        return loss, grad
 
     def log_prob(self, obs, a):
         """log p(a | s) (B,): a density for continuous actions, a probability for categorical ones."""
@@ -679,7 +740,7 @@ class Policy:
 
     def copy(self):
         new = object.__new__(Policy)
-        new.__dict__.update(self.__dict__, params=self.params.copy())
+        new.__dict__.update(self.__dict__, params=self.params.copy(), workspace={})
         return new
 
 
@@ -712,18 +773,27 @@ class TrainConfig:
 
 
 def bc(policy, obs, actions, cfg=TrainConfig(), rng=None):
-    """Behavior cloning: minimise the head's loss on expert pairs by minibatch Adam. Returns the loss history."""
+    """Behavior cloning: minimise the head's loss on expert pairs by minibatch Adam. Returns the loss history.
+    Stops with a ValueError at the first step whose loss or gradient is not finite, before that step's update."""
     rng = _generator(rng)
+    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
     policy.check(obs, actions)
-    obs, actions = obs.astype(np.float32), actions.astype(np.float32)
     opt = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm)
-    losses = np.empty(cfg.steps, np.float32)
+    losses, grad = np.empty(cfg.steps, np.float32), np.empty_like(policy.params)
     for step in range(cfg.steps):
         if cfg.cosine:  # lr_t = lr (1 + cos(pi t / steps)) / 2
             opt.lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         i = rng.integers(0, len(obs), cfg.batch_size)
-        losses[step], grad = policy.head.policy_loss(policy.net, policy.params, obs[i], actions[i], rng)
-        opt.step(policy.params, grad)
+        losses[step], _ = policy.head.policy_loss(
+            policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
+        )
+        norm = opt.step(policy.params, grad) if np.isfinite(losses[step]) else math.nan
+        if not norm < 1e19:  # Adam changed nothing: params are as they were before this step
+            raise ValueError(
+                f"bc: step {step} has loss {losses[step]:.3g} and gradient norm {norm:.3g}; training stopped there, "
+                "with policy.params as before that step. Likely unscaled observations or actions (standardise "
+                "them) or an lr that is too large"
+            )
     return losses
 
 
@@ -998,8 +1068,8 @@ class Goals(VectorEnv):
 
 TRAJECTORY_FIELDS = {  # name: (dtype, shape in terms of n, T, O, A, G; required)
     "observations": (np.float32, "n T+1 O", True),
-    "actions": (np.float32, "n T A", True),
-    "costs": (np.float32, "n T", True),
+    "actions": (np.float32, "n T A", False),  # None: state-only demonstrations (a video, motion capture)
+    "costs": (np.float32, "n T", False),
     "mask": (np.bool_, "n T", True),
     "labels": (np.float32, "n T A", False),
     "intervened": (np.bool_, "n T", False),
@@ -1013,8 +1083,8 @@ class Trajectories:
     """n recorded episodes of up to T steps, one per row; steps after a row's episode ended are masked out."""
 
     observations: np.ndarray  # (n, T+1, O) float32: s_0 .. s_T (a row's last real one is repeated after it ends)
-    actions: np.ndarray  # (n, T, A) float32: the executed actions
-    costs: np.ndarray  # (n, T) float32: c(s_t, a_t)
+    actions: np.ndarray  # (n, T, A) float32: the executed actions, or None (states only)
+    costs: np.ndarray  # (n, T) float32: c(s_t, a_t), or None
     mask: np.ndarray  # (n, T) bool: step t is a real transition of the row's episode
     labels: np.ndarray = None  # (n, T, A) float32: the expert's action at each visited state
     intervened: np.ndarray = None  # (n, T) bool: the expert was in control (HG-DAgger, DAgger's mixture)
@@ -1050,24 +1120,77 @@ class Trajectories:
         m = self.mask if where is None else self.mask & where
         return self.observations[:, :-1][m], (self.labels if labels else self.actions)[m]
 
+    def transitions(self):
+        """(s, a, s') over the real steps: what an inverse dynamics model learns from."""
+        return self.observations[:, :-1][self.mask], self.actions[self.mask], self.observations[:, 1:][self.mask]
+
+    def states_only(self):
+        """The same episodes without their actions or labels: what a video of the demonstrations would give."""
+        return replace(self, actions=None, labels=None)
+
     def save(self, path):
-        np.savez(path, **{k: getattr(self, k) for k in TRAJECTORY_FIELDS if getattr(self, k) is not None})
+        """Write a .npz (".npz" is appended if missing, as numpy does) through a temporary file and a rename, so
+        that an interrupted save never leaves a half-written file under the name. Returns the path written."""
+        path = Path(path)
+        path = path if path.suffix == ".npz" or path.is_dir() else path.with_name(path.name + ".npz")
+        if path.is_dir():
+            raise ValueError(f"save: {path} is a directory; give a file name, e.g. {path / 'demos.npz'}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: getattr(self, k) for k in TRAJECTORY_FIELDS if getattr(self, k) is not None})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     @classmethod
     def load(cls, path):
-        """Load a .npz written by save; no pickles; shapes, dtypes and finiteness are checked."""
-        with np.load(path, allow_pickle=False) as z:
-            unknown = set(z.files) - set(TRAJECTORY_FIELDS)
-            missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
-            if unknown or missing:
-                raise ValueError(f"{path}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
-            fields = {}
-            for k in z.files:
-                try:
-                    fields[k] = z[k]
-                except ValueError as e:  # an object array: loading it would run pickle
-                    raise ValueError(f"{path}: field {k} holds Python objects, which are refused") from e
-        return cls(**fields)
+        """Load a .npz written by save, without pickles, checking shapes, dtypes and finiteness. Any failure to read
+        it is a ValueError that names the file (a missing file stays a FileNotFoundError)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:  # an object array would need pickle: refused
+                unknown = set(z.files) - set(TRAJECTORY_FIELDS)
+                missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
+                if unknown or missing:
+                    raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
+                return cls(**{k: z[k] for k in z.files})
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # a truncated or foreign file, a text file, a bad field: whatever went wrong
+            raise ValueError(f"{path}: not a valid trajectory file: {e}") from e
+
+
+def env_actions(env):
+    """How the (n, A) float32 actions of policies and experts become what env.step takes, read off a Gymnasium
+    env's single_action_space by duck typing (imitate does not import Gymnasium): Discrete (.n) takes (n,) int64
+    indices, so policies give (n, 1) index values; MultiDiscrete (.nvec) takes (n, k) int64; Box (.low, .high)
+    takes (n, A) in its dtype, within its bounds. Envs without a space (the toy world) take the floats as they are."""
+    space = getattr(env, "single_action_space", None)
+    if hasattr(space, "nvec"):  # MultiDiscrete
+        low = np.asarray(getattr(space, "start", 0))
+        return lambda a: np.clip(np.rint(a), low, low + np.asarray(space.nvec) - 1).astype(np.int64)
+    if hasattr(space, "n") and getattr(space, "shape", None) == ():  # Discrete
+        low, high = int(getattr(space, "start", 0)), int(getattr(space, "start", 0)) + int(space.n) - 1
+        return lambda a: np.clip(np.rint(check_array("actions", a, (None, 1))[:, 0]), low, high).astype(np.int64)
+    if hasattr(space, "low") and hasattr(space, "high"):  # Box
+        return lambda a: np.clip(a.reshape(len(a), *space.shape), space.low, space.high).astype(space.dtype)
+    return lambda a: a
+
+
+def env_observations(obs, env):
+    """The env's observations as float32 (n, O), or a ValueError for what a policy cannot take as it is."""
+    obs = np.asarray(obs)
+    if (
+        hasattr(getattr(env, "single_observation_space", None), "spaces")
+        or obs.ndim != 2
+        or obs.dtype.kind not in "fiub"
+    ):
+        raise ValueError(
+            f"observations must be one flat numeric vector per environment, (num_envs, O); got {obs.dtype} "
+            f"{obs.shape}. Flatten Dict, Tuple or image observations first, e.g. with Gymnasium's FlattenObservation"
+        )
+    return obs.astype(np.float32, copy=False)
 
 
 def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):
@@ -1090,6 +1213,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         raise ValueError("beta > 0 and gate need an expert")
     T, handback = _positive_int("T", T), _positive_int("handback", handback)
     obs, info = env.reset(seed=seed, options=options)
+    obs, to_env = env_observations(obs, env), env_actions(env)
     goals = info.get("goal") if isinstance(info, dict) else None
     n = len(obs)
     observations = np.zeros((n, T + 1, obs.shape[1]), np.float32)
@@ -1116,8 +1240,10 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         if actions is None:
             actions = np.zeros((n, T, a.shape[1]), np.float32)
             labels = None if label is None else np.zeros((n, T, a.shape[1]), np.float32)
-        obs, reward, terminated, truncated, info = env.step(a)
-        actions[:, t], costs[:, t], mask[:, t], intervened[:, t] = a, -reward, alive, takeover & alive
+        executed = to_env(a)
+        obs, reward, terminated, truncated, info = env.step(executed)
+        obs, executed = env_observations(obs, env), np.asarray(executed, np.float32).reshape(n, -1)
+        actions[:, t], costs[:, t], mask[:, t], intervened[:, t] = executed, -reward, alive, takeover & alive
         if labels is not None:
             labels[:, t] = label
         if "success" in info:

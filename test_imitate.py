@@ -3,6 +3,8 @@ jitted kernels against their Python originals, and a tiny end-to-end run of ever
 
 import os
 import re
+import tracemalloc
+import types
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +63,9 @@ def test_linear_backward_matches_central_differences(B, I, J, seed):
         rng.standard_normal(J),
         rng.standard_normal((B, J)),
     )
-    dW, db = np.zeros_like(W), np.zeros_like(b)
-    dx = im.linear_backward(dout, x, W, dW, db)
-    loss = lambda x, W, b: (im.linear_forward(x, W, b) * dout).sum()  # noqa: E731
+    dW, db, dx = np.zeros_like(W), np.zeros_like(b), np.zeros_like(x)
+    im.linear_backward(dout, x, W, dW, db, dx)
+    loss = lambda x, W, b: (im.linear_forward(x, W, b, np.empty((B, J))) * dout).sum()  # noqa: E731
     assert rel_err(dx, numerical_grad(lambda v: loss(v, W, b), x)) < 1e-6
     assert rel_err(dW, numerical_grad(lambda v: loss(x, v, b), W)) < 1e-6
     assert rel_err(db, numerical_grad(lambda v: loss(x, W, v), b)) < 1e-6
@@ -77,8 +79,10 @@ def test_activation_backward_matches_central_differences(name, z):
         assume(np.abs(z).min() > 1e-3)
     forward, backward = im.ACTIVATIONS[name]
     dout = np.linspace(-1, 1, z.size)
-    numeric = numerical_grad(lambda v: (forward(v) * dout).sum(), z)
-    assert np.abs(backward(dout, z) - numeric).max() < 1e-8
+    numeric = numerical_grad(lambda v: (forward(v, np.empty_like(v)) * dout).sum(), z)
+    dz = dout.copy()
+    backward(dz, z.copy(), forward(z, np.empty_like(z)))  # in place: dL/dh -> dL/dz
+    assert np.abs(dz - numeric).max() < 1e-8
 
 
 @pytest.mark.parametrize("activation", ["tanh", "silu", "relu"])
@@ -88,13 +92,33 @@ def test_mlp_backward_matches_central_differences(activation, depth, width, B, s
     net = im.MLP((3, *[width] * depth, 2), activation)
     params, x, dout = net.init(rng).astype(f64), rng.standard_normal((B, 3)), rng.standard_normal((B, 2))
     if activation == "relu":  # skip draws where a difference step would cross a kink
-        zs = im.mlp_forward(net, params, x)[1][1][:-1]
+        zs = im.mlp_forward(net, params, x)[1][1].z[:-1]
         assume(all(np.abs(z).min() > 1e-4 for z in zs))
     out, cache = im.mlp_forward(net, params, x)
-    dparams = np.zeros_like(params)
-    dx = im.mlp_backward(net, params, dout, cache, dparams)
+    dparams = np.full_like(params, np.nan)  # every entry is written
+    dx = im.mlp_backward(net, params, dout.copy(), cache, dparams)
     assert rel_err(dparams, numerical_grad(lambda p: (im.mlp_forward(net, p, x)[0] * dout).sum(), params)) < 1e-6
     assert rel_err(dx, numerical_grad(lambda v: (im.mlp_forward(net, params, v)[0] * dout).sum(), x)) < 1e-6
+
+
+def test_a_training_step_allocates_no_large_arrays():
+    """Activations and gradients live in the policy's buffers: after the first step, a step allocates less than
+    a quarter of one (B, H) activation (it allocated about 2 MB before the buffers)."""
+    rng = np.random.default_rng(0)
+    policy = im.Policy(im.L2Head(4), 16, rng, hidden=(256, 256))
+    obs, act = rng.standard_normal((256, 16), dtype=np.float32), rng.standard_normal((256, 4), dtype=np.float32)
+    opt, grad = im.Adam(policy.params.size), np.empty_like(policy.params)
+
+    def step():
+        policy.head.policy_loss(policy.net, policy.params, obs, act, rng, grad, workspace=policy.workspace)
+        opt.step(policy.params, grad)
+
+    step()
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 256 * 256 * 4 / 4
 
 
 def test_parameters_are_one_flat_float32_vector_with_named_views():
@@ -112,12 +136,12 @@ def test_adam_kernel_equals_its_python_original_and_clips():
     m, v = np.zeros(50, np.float32), np.zeros(50, np.float32)
     copies = [x.copy() for x in (p, m, v)]
     for t in (1.0, 2.0, 3.0):
-        im.adam_update(p, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 1.0)
-        python_original(im.adam_update)(copies[0], g, copies[1], copies[2], t, 1e-2, 0.9, 0.999, 1e-8, 1.0)
+        im.adam_update(p, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 0.5)
+        python_original(im.adam_update)(copies[0], g, copies[1], copies[2], t, 1e-2, 0.9, 0.999, 1e-8, 0.5)
     assert all(np.array_equal(a, b) for a, b in zip((p, m, v), copies))
-    m1 = np.zeros(50, np.float32)
-    im.adam_update(p.copy(), g, m1, np.zeros(50, np.float32), 1.0, 1e-2, 0.9, 0.999, 1e-8, 1.0)
-    assert np.allclose(m1, 0.1 * g / np.linalg.norm(g.astype(f64)), atol=1e-7)  # clipped to norm 1 first
+    opt = im.Adam(50, lr=1e-2, max_norm=1.0)
+    assert opt.step(p.copy(), g) == pytest.approx(np.linalg.norm(g.astype(f64)), rel=1e-6)
+    assert np.allclose(opt.m, 0.1 * g / np.linalg.norm(g.astype(f64)), atol=1e-7)  # clipped to norm 1 first
 
 
 # ---- policy heads ----
@@ -131,8 +155,8 @@ def test_head_loss_gradient_matches_central_differences(name, B, seed, scale):
     head = make_heads()[name]
     rng = np.random.default_rng(seed)
     out, a = scale * rng.standard_normal((B, head.n_out)), rng.uniform(-1, 1, (B, 2))
-    _, dout = head.nll(out, a)
-    assert rel_err(dout, numerical_grad(lambda o: head.nll(o, a)[0], out)) < 1e-6
+    _, dout = head.nll(out, a)  # row i: the gradient of example i's loss
+    assert rel_err(dout, numerical_grad(lambda o: head.nll(o, a)[0].sum(), out)) < 1e-6
 
 
 @pytest.mark.parametrize("name", list(make_heads()))
@@ -142,10 +166,12 @@ def test_policy_gradient_wrt_flat_parameters_matches_central_differences(name):
     policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
     params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
 
-    def loss(p):  # a fresh generator each call: the diffusion head draws its noise from it
-        return head.policy_loss(policy.net, p, obs, a, np.random.default_rng(7))
+    def loss(p, grad):  # a fresh generator each call: the diffusion head draws its noise from it
+        return head.policy_loss(policy.net, p, obs, a, np.random.default_rng(7), grad)[0]
 
-    assert rel_err(loss(params)[1], numerical_grad(lambda p: loss(p)[0], params)) < 1e-6
+    grad = np.full_like(params, np.nan)  # every entry is written
+    loss(params, grad)
+    assert rel_err(grad, numerical_grad(lambda p: loss(p, np.empty_like(p)), params)) < 1e-6
 
 
 @pytest.mark.parametrize("name", OUTPUT_HEADS)
@@ -155,7 +181,7 @@ def test_losses_and_gradients_stay_finite_for_huge_outputs(name, raw, seed):
     rng = np.random.default_rng(seed)
     out = (raw * rng.choice([-1, 1], (3, head.n_out))).astype(np.float32)
     loss, dout = head.nll(out, rng.uniform(-1, 1, (3, 2)).astype(np.float32))
-    assert np.isfinite(loss) and np.isfinite(dout).all() and dout.dtype == np.float32
+    assert np.isfinite(loss).all() and np.isfinite(dout).all() and dout.dtype == np.float32
 
 
 @given(x=st.lists(st.floats(-50, 50), min_size=1, max_size=20))
@@ -201,7 +227,7 @@ def test_l2_is_the_fixed_variance_gaussian_nll_up_to_a_constant(mu, seed):
     out = np.concatenate([mu, np.zeros((2, 2))], 1)
     l2_loss, l2_grad = im.L2Head(2).nll(mu, a)
     g_loss, g_grad = gaussian.nll(out, a)
-    assert abs(g_loss - l2_loss - np.log(2 * np.pi)) < 1e-12
+    assert np.abs(g_loss - l2_loss - np.log(2 * np.pi)).max() < 1e-12
     assert np.allclose(g_grad[:, :2], l2_grad)
 
 
@@ -263,6 +289,41 @@ def test_same_seed_same_parameters_bit_for_bit():
         return policy.params
 
     assert np.array_equal(train(3), train(3)) and not np.array_equal(train(3), train(4))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings, before the clear error
+@pytest.mark.parametrize("name", list(make_heads()))
+@given(obs_exp=st.floats(-30, 30), act_exp=st.floats(-30, 30), seed=st.integers(0, 2**16))
+def test_bc_on_absurd_scales_gives_finite_parameters_or_a_clear_error(name, obs_exp, act_exp, seed):
+    rng = np.random.default_rng(seed)
+    policy = im.Policy(make_heads()[name], 3, rng, hidden=(8,))
+    obs = (rng.standard_normal((32, 3)) * 10**obs_exp).astype(np.float32)
+    actions = (rng.uniform(-1, 1, (32, 2)) * 10**act_exp).astype(np.float32)
+    try:
+        im.bc(policy, obs, actions, im.TrainConfig(steps=4, batch_size=8), rng)
+    except ValueError as e:
+        assert re.search(r"bc: step \d+ has loss .* unscaled observations or actions", str(e))
+    assert np.isfinite(policy.params).all()
+
+
+def test_a_non_finite_step_stops_bc_before_its_update():
+    rng = np.random.default_rng(0)
+    policy, head = im.Policy(im.GaussianHead(2), 3, rng), im.GaussianHead(2)
+    seen = []
+
+    class Broken(im.GaussianHead):  # the fourth step's gradient is NaN
+        def policy_loss(self, net, params, obs, a, rng, grad, *args, **kwargs):
+            seen.append(params.copy())
+            loss, dobs = head.policy_loss(net, params, obs, a, rng, grad, *args, **kwargs)
+            if len(seen) == 4:
+                grad[7] = np.nan
+            return loss, dobs
+
+    policy.head = Broken(2)
+    obs = rng.standard_normal((64, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="bc: step 3 has loss .* gradient norm nan"):
+        im.bc(policy, obs, obs[:, :2], im.TrainConfig(steps=10), rng)
+    assert np.array_equal(policy.params, seen[3]) and not np.array_equal(seen[3], seen[0])
 
 
 def test_float32_stays_float32():
@@ -544,6 +605,37 @@ def test_trajectories_round_trip_bit_for_bit(tmp_path):
         assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b))
 
 
+def test_unreadable_files_are_value_errors_that_name_the_file(tmp_path):
+    traj = small_trajectories()
+    data = traj.save(tmp_path / "t.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.npz").write_text("observations, actions\n1, 2\n")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    for name in ("cut.npz", "text.npz", "array.npy"):
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: not a valid trajectory file")):
+            im.Trajectories.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        im.Trajectories.load(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="is a directory"):
+        traj.save(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["array.npy", "cut.npz", "t.npz", "text.npz"]
+
+
+def test_an_interrupted_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    traj = small_trajectories()
+    path = traj.save(tmp_path / "t")  # .npz appended, as numpy does
+    before = path.read_bytes()
+
+    def interrupted(f, **fields):
+        f.write(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        traj.save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["t.npz"]
+
+
 def test_malformed_trajectory_files_are_refused(tmp_path):
     traj = small_trajectories()
     good = {k: getattr(traj, k) for k in im.TRAJECTORY_FIELDS if getattr(traj, k) is not None}
@@ -551,7 +643,7 @@ def test_malformed_trajectory_files_are_refused(tmp_path):
         "actions must have shape": {**good, "actions": good["actions"][:, 1:]},  # as many observations as actions
         "observations must be finite": {**good, "observations": np.full_like(good["observations"], np.nan)},
         "costs must have dtype float32": {**good, "costs": good["costs"].astype(f64)},
-        "holds Python objects": {**good, "goals": np.array([None] * 8, dtype=object)},
+        "Object arrays cannot be loaded": {**good, "goals": np.array([None] * 8, dtype=object)},
         "unknown fields": {**good, "extra": np.zeros(3)},
         r"missing fields \[.mask.\]": {k: v for k, v in good.items() if k != "mask"},
     }
@@ -593,6 +685,64 @@ class Chain:
 
 def chain_expert(obs):
     return -np.sign(obs)
+
+
+class Space:
+    """The attributes of a Gymnasium space that imitate reads, with contains() as Gymnasium's batched Discrete
+    (a MultiDiscrete of int64 indices) and Box check actions."""
+
+    def __init__(self, n=None, low=None, high=None, spaces=None):
+        self.n, self.low, self.high, self.spaces = n, low, high, spaces
+        if n is not None:
+            self.start, self.shape, self.dtype = 0, (), np.dtype(np.int64)
+        elif low is not None:
+            self.shape, self.dtype = low.shape, low.dtype
+        for name in [k for k, v in vars(self).items() if v is None]:
+            delattr(self, name)  # duck typing reads which attributes a space has
+
+    def contains_batch(self, actions, num_envs):
+        if hasattr(self, "n"):
+            ok = actions.shape == (num_envs,) and actions.dtype.kind in "iu"
+            return ok and bool(np.all((actions >= 0) & (actions < self.n)))
+        ok = actions.shape == (num_envs, *self.shape) and np.can_cast(actions.dtype, self.dtype)
+        return ok and bool(np.all((actions >= self.low) & (actions <= self.high)))
+
+
+class SpacedChain(Chain):
+    """Chain with Gymnasium spaces: a step whose actions a Gymnasium space would refuse fails as Gymnasium fails.
+    Discrete(3) moves -1, 0, +1 by index; Box([-1], [1]) moves by the rounded value."""
+
+    def __init__(self, discrete, num_envs=16, observation_space=None):
+        super().__init__(num_envs)
+        self.discrete = discrete
+        one = np.ones(1, np.float32)
+        self.single_action_space = Space(n=3) if discrete else Space(low=-one, high=one)
+        if observation_space is not None:
+            self.single_observation_space = observation_space
+
+    def step(self, actions):
+        assert self.single_action_space.contains_batch(actions, self.num_envs), f"{actions!r} invalid"
+        return super().step(actions[:, None] - 1.0 if self.discrete else actions.astype(f64))
+
+
+@pytest.mark.parametrize("discrete", [True, False], ids=["Discrete", "Box"])
+def test_dagger_on_an_env_with_gymnasium_spaces(discrete):
+    rng, env = np.random.default_rng(0), SpacedChain(discrete, 64)
+    expert = (lambda o: 1 - np.sign(o)) if discrete else chain_expert  # indices 0, 1, 2, or moves
+    head = im.CategoricalHead([0, 1, 2]) if discrete else im.GaussianHead(1)
+    result = im.dagger(im.Policy(head, 1, rng, hidden=(16,)), env, expert, tiny(rounds=3), rng)
+    traj = im.rollout(env, result.best.act, 12, rng, expert=expert, seed=5)
+    assert traj.actions.shape[2] == 1 and im.disagreement(traj, 0.5) < 0.05
+
+
+def test_gymnasium_action_and_observation_spaces_are_read_by_duck_typing():
+    multi = types.SimpleNamespace(single_action_space=types.SimpleNamespace(nvec=np.array([3, 2]), start=0))
+    assert im.env_actions(multi)(np.float32([[2.4, -1], [0.2, 7]])).tolist() == [[2, 0], [0, 1]]
+    with pytest.raises(ValueError, match="actions must have shape"):
+        im.env_actions(SpacedChain(True))(np.zeros((16, 2), np.float32))  # Discrete takes one index per env
+    env = SpacedChain(True, observation_space=Space(spaces={"x": None}))
+    with pytest.raises(ValueError, match="FlattenObservation"):
+        im.rollout(env, lambda o: np.zeros((len(o), 1), np.float32), 5, np.random.default_rng(0))
 
 
 def tiny(rounds=2, horizon=12, steps=150):
@@ -757,13 +907,24 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
 README = Path(__file__).with_name("README.md")
 
 
+def readme_blocks(gymnasium):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return [b for b in blocks if ("import gymnasium" in b) == gymnasium]
+
+
 def test_readme_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write files
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks
     namespace = {}
-    for block in blocks:  # one namespace, in order, as a reader would run them
+    for block in readme_blocks(gymnasium=False):  # one namespace, in order, as a reader would run them
         exec(compile(block, str(README), "exec"), namespace)
+
+
+def test_readme_gymnasium_example_runs():
+    pytest.importorskip("gymnasium")
+    (block,) = readme_blocks(gymnasium=True)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["balanced"] == 500
 
 
 def test_ci_runs_the_readmes_test_command():
