@@ -329,7 +329,7 @@ def speed(seed, quick):
     # the compiled road step against the same step as plain Python
     x, c, r = (rng.integers(-1, 2, n) for _ in range(3))
     expert, move, u, reset = np.zeros((n, 1)), rng.uniform(-2, 2, n), rng.random((n, 3)), np.zeros(n, bool)
-    args = (x, c, r, expert, move, u, reset, 0.01, 3)
+    args = (x, c, r, expert, move, u, reset, 0.01, 3, 0.0, 0)
     im.road_step(*args)
     compiled = best_time(lambda: im.road_step(*args), reps)
     python_step = getattr(im.road_step, "py_func", im.road_step)  # the same step, not compiled

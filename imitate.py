@@ -316,14 +316,18 @@ def _action_bounds(low, high):
     return low, high
 
 
+def example_weights(w, l):
+    """w_i / B for L = 1/B sum_i w_i l_i, given per-example losses l (B,). w: None (all ones: BC's mean), an
+    array (B,), or a function of l that returns one (PPO's clipped ratio needs the current losses)."""
+    return (np.ones_like(l) if w is None else np.asarray(w(l) if callable(w) else w, l.dtype)) / len(l)
+
+
 def weigh(l, dl, w=None):
-    """L = 1/B sum_i w_i l_i from per-example losses l (B,) and their gradients dl (B, ...), and dL/d(outputs):
-    dl's rows times w_i / B. w: None (all ones: BC's mean), an array (B,), or a function of l that returns one
-    (PPO's clipped ratio needs the current losses)."""
-    if w is None:
+    """L = 1/B sum_i w_i l_i and dL/d(outputs): the rows of dl = dl_i/d(outputs_i) (B, ...) times w_i / B."""
+    if w is None:  # BC: the mean
         return float(l.mean()), dl / len(l)
-    w = np.asarray(w(l) if callable(w) else w, l.dtype) / len(l)
-    return float(w @ l), dl * w.reshape(-1, *[1] * (dl.ndim - 1))
+    scale = example_weights(w, l)
+    return float(scale @ l), dl * scale.reshape(-1, *[1] * (dl.ndim - 1))
 
 
 class Head:
@@ -537,10 +541,11 @@ class AutoregressiveHead(Head):
         k, A, B = self.bins(a), self.action_dim, len(obs)  # k (B, A)
         x = np.concatenate([self.inputs(obs, self.centres(k), d) for d in range(A)])  # (A B, O + 2A)
         out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
-        l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins
-        w = np.ones(B, l.dtype) if w is None else w(l.reshape(A, B).sum(0)) if callable(w) else w
-        loss, dout = weigh(l, dl, A * np.tile(w, A))  # L = 1/B sum_b w_b l_b, l_b = -sum_d log p(k_bd | k_b<d, s_b)
-        dx = mlp_backward(net, params, dout, cache, grad, obs_grad)
+        l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins; rows (d, b)
+        l = l.reshape(A, B)  # l_b = -sum_d log p(k_bd | k_b<d, s_b)
+        scale = example_weights(w, l.sum(0))
+        dx = mlp_backward(net, params, dl * np.tile(scale, A)[:, None], cache, grad, obs_grad)
+        loss = float(scale @ l.sum(0))
         return loss, None if dx is None else dx.reshape(A, B, -1)[:, :, : obs.shape[1]].sum(0)
 
     def log_prob_bins(self, net, params, obs, k):
@@ -700,6 +705,86 @@ class DiffusionHead(Head):
         return self.unscale(ddim_sample(self.eps_fn(net, params, obs), x, self.schedule.alpha_bar, self.sample_steps))
 
 
+class CVAEHead(Head):
+    """A latent-variable policy, the conditional VAE (ACT in LeRobot uses one). Encoder q(z | s, a) =
+    N(mu_q, diag sigma_q^2), decoder p(a | s, z) a diagonal Gaussian (GaussianHead), prior p(z) = N(0, I).
+    Loss: the negative ELBO, l = -log p(a | s, z) + beta KL(q(z | s, a) || p(z)), with z = mu_q + sigma_q eps
+    (reparameterised, eps ~ N(0, I)). The policy's network is the decoder, on [s, z]; the encoder, on [s, a]
+    with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
+    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode)."""
+
+    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64):
+        self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
+        self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
+        self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
+        if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        self.beta = float(beta)
+
+    def net_in(self, obs_dim):
+        return obs_dim + self.latent_dim
+
+    def encoder(self, net):
+        """q's network, read off the decoder's: [s, a] -> (mu_q, raw log sigma_q) (B, 2 L), same hidden widths."""
+        return MLP(
+            (net.sizes[0] - self.latent_dim + self.action_dim, *net.sizes[1:-1], 2 * self.latent_dim), net.activation
+        )
+
+    def init_extra(self, net, rng):
+        return self.encoder(net).init(rng)
+
+    def posterior(self, net, params, obs, a, workspace=None):
+        enc, x = self.encoder(net), np.concatenate([obs, a], 1)
+        q, cache = mlp_forward(enc, params[net.n_params :], x, buffers(workspace, "encoder", enc, x, params))
+        L = self.latent_dim
+        return q[:, :L], *bounded_log_std(q[:, L:], -4.0, 0.0), cache  # mu_q, log sigma_q (B, L), sigma_q <= 1
+
+    def decode(self, net, params, obs, z, workspace=None):
+        """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
+        x = np.concatenate([obs, z], 1)
+        return mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
+
+    def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
+        O, beta = obs.shape[1], self.beta
+        mu, log_std, dlog_std_draw, q_cache = self.posterior(net, params, obs, a, workspace)
+        std, eps = np.exp(log_std), rng.standard_normal(mu.shape).astype(mu.dtype)
+        z = mu + std * eps  # z ~ q(z | s, a), reparameterised
+        out, cache = self.decode(net, params, obs, z, workspace)
+        recon, drecon = self.decoder.nll(out, a)  # -log p(a | s, z) (B,)
+        kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
+        scale = example_weights(w, recon + beta * kl)  # w_i / B
+        dx = mlp_backward(net, params, drecon * scale[:, None], cache, grad)  # d/d[s, z] (B, O + L)
+        dz, s = dx[:, O:], scale[:, None]
+        dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
+        dlog_std = (
+            dz * std * eps + beta * (std * std - 1) * s
+        )  # dz/dlog sigma = sigma eps; dKL/dlog sigma = sigma^2 - 1
+        enc = self.encoder(net)
+        dq = np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
+        dx_enc = mlp_backward(enc, params[net.n_params :], dq, q_cache, grad[net.n_params :], obs_grad)
+        return float(scale @ (recon + beta * kl)), dx[:, :O] + dx_enc[:, :O] if obs_grad else None
+
+    def policy_log_prob(self, net, params, obs, a):
+        """log p(a | s) by importance sampling with K = samples draws from q: log 1/K sum_k p(a | s, z_k) p(z_k) /
+        q(z_k | s, a). Unbiased inside the log, so a lower bound in expectation that tightens as K grows; the
+        draws come from a generator seeded with 0, so the estimate is deterministic."""
+        mu, log_std, _, _ = self.posterior(net, params, obs, a)
+        eps = np.random.default_rng(0).standard_normal((self.samples, *mu.shape)).astype(mu.dtype)
+        log_w = []
+        for e in eps:  # one decoder pass per draw: memory stays (B, H)
+            z = mu + np.exp(log_std) * e
+            log_pz_over_q = -0.5 * (z * z).sum(1) + 0.5 * (e * e).sum(1) + log_std.sum(1)  # log p(z) - log q(z | s, a)
+            log_w.append(self.decoder.log_prob(self.decode(net, params, obs, z)[0], a) + log_pz_over_q)
+        return logsumexp(np.stack(log_w, 1)) - math.log(self.samples)
+
+    def policy_sample(self, net, params, obs, rng):
+        z = rng.standard_normal((len(obs), self.latent_dim), dtype=np.float32)  # z ~ p(z): picks a mode
+        return self.decoder.sample(self.decode(net, params, obs, z.astype(obs.dtype))[0], rng)
+
+    def policy_mode(self, net, params, obs):
+        return self.decoder.mode(self.decode(net, params, obs, np.zeros((len(obs), self.latent_dim), obs.dtype))[0])
+
+
 class Policy:
     """A head on an MLP. Everything training changes is the one flat float32 vector self.params."""
 
@@ -804,21 +889,24 @@ def bc(policy, obs, actions, cfg=TrainConfig(), rng=None):
 
 
 @njit(cache=True)
-def road_step(x, c, r, expert, move, u, reset, eps, lanes):
+def road_step(x, c, r, expert, move, u, reset, eps, lanes, persist, start):
     """One step of n roads, in place. State: lateral offset x in lanes (0 is the road), the turn c in
     {-1, 0, 1} the road takes this step, and the learner's reading r of c, wrong with probability eps.
     The car moves sideways by a - c, so steering with the turn keeps the lane. Rows with reset[i] start
-    over at x = 0 (their move is ignored). u (n, 3) uniforms draw the next turn and its reading.
-    expert (n, 1) holds pi*(s) for the current state. Returns the costs c(s, a) = 1[a != pi*(s)]."""
+    over at x = 0, or uniformly in -start..start (their move is ignored). u (n, 3) uniforms draw the next
+    turn and its reading; with persist > 0 or start > 0, u (n, 5): the turn is kept with probability
+    persist (else drawn afresh), u[:, 4] draws the start. expert (n, 1) holds pi*(s) for the current
+    state. Returns the costs c(s, a) = 1[a != pi*(s)]."""
     cost = np.zeros(x.size, np.float32)
     for i in range(x.size):
         if reset[i]:
-            x[i] = 0
+            x[i] = 0 if start == 0 else int(u[i, 4] * (2 * start + 1)) - start
         else:
             a = int(min(max(np.floor(move[i] + 0.5), -2.0), 2.0))  # the executed move, rounded
             cost[i] = 1.0 if a != expert[i, 0] else 0.0
             x[i] = min(max(x[i] + a - c[i], -lanes), lanes)
-        c[i] = int(u[i, 0] * 3) - 1  # the next turn, uniform over {-1, 0, 1}
+        if reset[i] or persist == 0 or u[i, 3] >= persist:
+            c[i] = int(u[i, 0] * 3) - 1  # the next turn, uniform over {-1, 0, 1}
         r[i] = c[i] if u[i, 1] >= eps else (c[i] + 2 + int(u[i, 2] * 2)) % 3 - 1  # or one of the other two
         expert[i, 0] = min(max(c[i] - x[i], -2), 2)  # pi*(s): steer with the turn and back to the centre
     return cost
@@ -935,22 +1023,31 @@ class Road(VectorEnv):
     observations (x and a noisy reading r of c) so J(pi) can be computed exactly (road_exact_cost).
     The expert never errs; the learner's best guess, a = r, errs with probability eps at every step.
     Moves are -2..2 (actions are rounded and clipped). From any offset the expert is back on the
-    road within `lanes` steps; a learner that never saw the roadside may stay off it forever."""
+    road within `lanes` steps; a learner that never saw the roadside may stay off it forever.
+    With persist = p > 0 the turn keeps its value with probability p each step: then the previous move
+    predicts the next one (the brake light of causal confusion). Episodes start on the road, or with
+    start > 0 at an offset uniform in -start..start, so that demonstrations hold recoveries."""
 
     action_dim = 1
 
-    def __init__(self, num_envs=256, horizon=50, eps=0.01, lanes=3, seed=0):
+    def __init__(self, num_envs=256, horizon=50, eps=0.01, lanes=3, persist=0.0, start=0, seed=0):
         super().__init__(num_envs, horizon, seed)
         if not 0 <= eps < 2 / 3:
             raise ValueError(f"eps must lie in [0, 2/3) (the reading must beat a guess), got {eps}")
-        self.eps, self.lanes = float(eps), _positive_int("lanes", lanes)
+        if not 0 <= persist < 1:
+            raise ValueError(f"persist must lie in [0, 1), got {persist}")
+        self.eps, self.lanes, self.persist = float(eps), _positive_int("lanes", lanes), float(persist)
+        self.start = _positive_int("start", start, 0)
+        if self.start > self.lanes:
+            raise ValueError(f"start must be at most lanes = {self.lanes}, got {start}")
         self.table = road_features(self.lanes)  # (n_obs, O)
         self.obs_dim = self.table.shape[1]
         self.x, self.c, self.r = (np.zeros(self.num_envs, np.int64) for _ in range(3))
 
     def advance(self, actions, reset):
-        u = self.rng.random((self.num_envs, 3))
-        cost = road_step(self.x, self.c, self.r, self.expert_action, actions[:, 0], u, reset, self.eps, self.lanes)
+        u = self.rng.random((self.num_envs, 5 if self.persist or self.start else 3))
+        args = (actions[:, 0], u, reset, self.eps, self.lanes, self.persist, self.start)
+        cost = road_step(self.x, self.c, self.r, self.expert_action, *args)
         return cost, np.zeros(self.num_envs, bool), {}
 
     def observation_index(self):
@@ -972,30 +1069,37 @@ def road_features(lanes):
     return np.concatenate([r == np.arange(-1, 2), x >= k, x <= -k], 1).astype(np.float32)
 
 
-def road_exact_cost(move_probs, horizon, eps, lanes):
-    """Exact J(pi) for T = 1..horizon from the reset state. move_probs (n_obs, 5): the policy's
-    probability of each move -2..2 at each observation (rows as in road_features). The turn is fresh
-    every step, so the offset's distribution is a Markov chain: d_{t+1} = d_t P_pi, J_T = sum_{t<T} d_t k_pi."""
+def road_exact_cost(move_probs, horizon, eps, lanes, persist=0.0, start=0, distribution=False):
+    """Exact J(pi) for T = 1..horizon from the reset states (x uniform in -start..start, a uniform turn,
+    previous move 0), by
+    propagating the distribution over states (offset x, turn c, previous move m): d_{t+1} = d_t P_pi and
+    J_T = sum_{t<T} d_t k_pi, k_pi the expected cost of one step. move_probs: the policy's probability of
+    each move -2..2 per observation, (n_obs, 5) with rows as in road_features, or (n_obs, 5, 5) indexed
+    [row, previous move + 2, move + 2] for a policy that also sees its previous move. distribution=True
+    also returns the offset's distribution at t = 0 .. horizon - 1, (horizon, 2 lanes + 1)."""
     X, horizon = 2 * lanes + 1, _positive_int("horizon", horizon)
-    check_array("move_probs", move_probs, (3 * X, 5))
-    if np.any(move_probs < 0) or not np.allclose(move_probs.sum(1), 1):
+    probs = np.repeat(move_probs[:, None], 5, 1) if np.ndim(move_probs) == 2 else move_probs  # m unseen
+    check_array("move_probs", probs, (3 * X, 5, 5))
+    if np.any(probs < 0) or not np.allclose(probs.sum(2), 1):
         raise ValueError("move_probs rows must be probabilities: non-negative and summing to 1")
-    if not 0 <= eps < 2 / 3:
-        raise ValueError(f"eps must lie in [0, 2/3), got {eps}")
-    P, k = np.zeros((X, X)), np.zeros(X)  # P_pi and the expected cost of one step from each offset
-    for x in range(-lanes, lanes + 1):
-        for c in (-1, 0, 1):
-            for r in (-1, 0, 1):
-                p_read = (1 - eps) if r == c else eps / 2
-                for a in range(-2, 3):
-                    w = p_read * move_probs[(x + lanes) * 3 + r + 1, a + 2] / 3
-                    k[x + lanes] += w * (a != min(max(c - x, -2), 2))
-                    P[x + lanes, min(max(x + a - c, -lanes), lanes) + lanes] += w
-    d, per_step = np.eye(X)[lanes], np.zeros(horizon)  # start on the road
+    if not (0 <= eps < 2 / 3 and 0 <= persist < 1):
+        raise ValueError(f"need eps in [0, 2/3) and persist in [0, 1), got {eps}, {persist}")
+    keep = persist + (1 - persist) / 3  # P(c' = c); each other turn has (1 - keep) / 2
+    P, k = np.zeros((X, 3, 5, X, 3, 5)), np.zeros((X, 3, 5))  # P_pi and k_pi over states (x, c, m)
+    for x, c, m, r, a in np.ndindex(X, 3, 5, 3, 5):
+        x, c, r, a = x - lanes, c - 1, r - 1, a - 2
+        w = ((1 - eps) if r == c else eps / 2) * probs[(x + lanes) * 3 + r + 1, m, a + 2]  # P(r | c) pi(a | x, r, m)
+        k[x + lanes, c + 1, m] += w * (a != min(max(c - x, -2), 2))
+        turn = np.where(np.arange(-1, 2) == c, keep, (1 - keep) / 2)  # P(c' | c)
+        P[x + lanes, c + 1, m, min(max(x + a - c, -lanes), lanes) + lanes, :, a + 2] += w * turn
+    P, k = P.reshape(15 * X, 15 * X), k.reshape(-1)
+    d, per_step, offsets = np.zeros((X, 3, 5)), np.zeros(horizon), np.zeros((horizon, X))
+    d[lanes - start : lanes + start + 1, :, 2] = 1 / (3 * (2 * start + 1))
+    d = d.reshape(-1)
     for t in range(horizon):
-        per_step[t] = d @ k
+        per_step[t], offsets[t] = d @ k, d.reshape(X, 15).sum(1)
         d = d @ P
-    return per_step.cumsum()  # (horizon,): J for T = 1..horizon
+    return (per_step.cumsum(), offsets) if distribution else per_step.cumsum()  # J for T = 1..horizon
 
 
 def road_move_probs(actions):
@@ -1009,23 +1113,28 @@ class Tree(VectorEnv):
     """The multimodal task: a point mass starts below a round tree and must reach y >= 1 without
     touching it. The expert passes left or right with equal probability (a hidden per-episode side),
     so demonstrations are bimodal before the tree and their average drives into it. Actions: velocity
-    in [-1, 1]^2, dt = 0.1. Cost 1[||a - pi*(s)|| > 0.1]; success: reaching the far side untouched."""
+    in [-1, 1]^2, dt = 0.1. Cost 1[||a - pi*(s)|| > 0.1]; success: reaching the far side untouched.
+    With cue=True the side is shown once, as a third observation (+-1) on an episode's first step and 0
+    after it, and success also needs the cued side: the expert is non-Markovian in what the learner sees."""
 
-    action_dim, obs_dim = 2, 2
+    action_dim = 2
     radius, goal_y, dt, tol, start = 0.3, 1.0, 0.1, 0.1, 0.1
 
-    def __init__(self, num_envs=256, horizon=40, seed=0):
+    def __init__(self, num_envs=256, horizon=40, cue=False, seed=0):
         super().__init__(num_envs, horizon, seed)
-        self.pos, self.side = np.zeros((self.num_envs, 2)), np.ones(self.num_envs)
+        self.pos, self.side, self.cue, self.obs_dim = np.zeros((self.num_envs, 2)), np.ones(self.num_envs), cue, 2 + cue
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 2))
         args = (self.radius, self.goal_y, self.dt, self.tol, self.start)
         cost, done, success = tree_step(self.pos, self.side, self.expert_action, actions, u, reset, *args)
+        if self.cue:  # passed on the cued side
+            success &= np.sign(self.pos[:, 0]) == self.side
         return cost, done, {"success": success}
 
     def observe(self):
-        return self.pos.astype(np.float32)
+        cue = self.side[:, None] * (self.t[:, None] == 0)  # the side, on an episode's first step only
+        return np.concatenate([self.pos, cue], 1).astype(np.float32) if self.cue else self.pos.astype(np.float32)
 
     def unsafe(self, obs=None):
         return np.hypot(*self.pos.T) < self.radius + 0.1  # close to the tree
@@ -1191,6 +1300,47 @@ def env_observations(obs, env):
             f"{obs.shape}. Flatten Dict, Tuple or image observations first, e.g. with Gymnasium's FlattenObservation"
         )
     return obs.astype(np.float32, copy=False)
+
+
+class History:
+    """Any vector env (the toy world's or Gymnasium's) seen through its last k observations and, with
+    action_dim > 0, the k actions executed before them: [o_{t-k+1} .. o_t, a_{t-k} .. a_{t-1}], oldest first.
+    Zeros stand before an episode's first step, and a row's history is cleared on the step that starts its new
+    episode (next-step autoreset), so nothing crosses an episode boundary. Everything else (expert, unsafe,
+    horizon, spaces) is the wrapped env's; the toy world's experts read the true state, not the history."""
+
+    def __init__(self, env, k, action_dim=0):
+        self.env, self.k, self.action_dim = env, _positive_int("k", k), _positive_int("action_dim", action_dim, 0)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        obs = env_observations(obs, self.env)
+        n = len(obs)
+        self.obs, self.acts = np.zeros((n, self.k, obs.shape[1]), np.float32), np.zeros((n, self.k, self.action_dim))
+        self.new = np.ones(n, bool)  # rows whose next observation starts an episode
+        obs = self.push(obs, np.zeros((n, self.action_dim), np.float32))
+        self.new[:] = False
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        obs = self.push(env_observations(obs, self.env), np.asarray(actions, np.float32).reshape(len(obs), -1))
+        self.new = terminated | truncated
+        return obs, reward, terminated, truncated, info
+
+    def push(self, obs, actions):
+        new = self.new[:, None, None]  # a new episode: clear the row; the env ignored its action (autoreset)
+        self.obs = np.concatenate([np.where(new, 0, self.obs[:, 1:]), obs[:, None]], 1)
+        actions = np.where(new[:, 0], 0, actions[:, : self.action_dim])
+        self.acts = np.concatenate([np.where(new, 0, self.acts[:, 1:]), actions[:, None]], 1)
+        return np.concatenate([self.obs.reshape(len(obs), -1), self.acts.reshape(len(obs), -1)], 1).astype(np.float32)
+
+    @property
+    def obs_dim(self):
+        return self.k * (self.env.obs_dim + self.action_dim)
 
 
 def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):

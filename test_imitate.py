@@ -48,6 +48,7 @@ def make_heads(action_dim=2):
         "categorical": im.CategoricalHead(np.array(np.meshgrid(*[[-1, 0, 1]] * action_dim)).reshape(action_dim, -1).T),
         "autoregressive": im.AutoregressiveHead(low, high, bins=4),
         "diffusion": im.DiffusionHead(low, high, steps=10, sample_steps=5),
+        "cvae": im.CVAEHead(action_dim, latent_dim=2, beta=0.7, samples=8),
     }
 
 
@@ -174,6 +175,42 @@ def test_policy_gradient_wrt_flat_parameters_matches_central_differences(name):
     assert rel_err(grad, numerical_grad(lambda p: loss(p, np.empty_like(p)), params)) < 1e-6
 
 
+@pytest.mark.parametrize("name", list(make_heads()))
+def test_gradient_wrt_observations_matches_central_differences(name):
+    """dL/dobs, what end-to-end training of an encoder in front of a policy needs (one-shot imitation)."""
+    head, rng = make_heads()[name], np.random.default_rng(2)
+    policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
+    params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
+
+    def loss(o, obs_grad=False):
+        return head.policy_loss(
+            policy.net, params, o, a, np.random.default_rng(7), np.empty_like(params), None, None, obs_grad
+        )
+
+    assert rel_err(loss(obs, True)[1], numerical_grad(lambda o: loss(o)[0], obs)) < 1e-6
+
+
+def test_cvae_kl_term_equals_its_closed_form():
+    """KL(N(mu, sigma^2) || N(0, 1)) = 1/2 sum (mu^2 + sigma^2 - 1 - 2 log sigma), checked against a Monte Carlo
+    estimate of E_q[log q(z) - log p(z)], through the head's own loss (beta scales exactly this term)."""
+    rng = np.random.default_rng(0)
+    head0, head1 = im.CVAEHead(1, latent_dim=2, beta=0.0), im.CVAEHead(1, latent_dim=2, beta=1.0)
+    policy = im.Policy(head1, 3, rng, hidden=(8,))
+    obs, a = rng.standard_normal((5, 3)), rng.standard_normal((5, 1))
+    params = policy.params.astype(f64)
+    mu, log_std, _, _ = head1.posterior(policy.net, params, obs, a)
+    kl = 0.5 * (mu**2 + np.exp(2 * log_std) - 1 - 2 * log_std).sum(1)
+    losses = [
+        h.policy_loss(policy.net, params, obs, a, np.random.default_rng(1), np.empty_like(params))[0]
+        for h in (head0, head1)
+    ]
+    assert losses[1] - losses[0] == pytest.approx(kl.mean(), rel=1e-12)
+    z = mu + np.exp(log_std) * rng.standard_normal((200_000, *mu.shape))
+    log_q = (-0.5 * ((z - mu) / np.exp(log_std)) ** 2 - log_std).sum(2)
+    monte_carlo = (log_q + 0.5 * (z**2).sum(2)).mean(0)  # the 2 pi terms cancel
+    assert np.allclose(monte_carlo, kl, atol=0.02)
+
+
 @pytest.mark.parametrize("name", OUTPUT_HEADS)
 @given(raw=st.floats(-1e4, 1e4), seed=st.integers(0, 2**16))
 def test_losses_and_gradients_stay_finite_for_huge_outputs(name, raw, seed):
@@ -257,11 +294,12 @@ def bimodal():
         "categorical": im.CategoricalHead([-1, 0, 1]),
         "autoregressive": im.AutoregressiveHead([-1.5], [1.5], bins=9),
         "diffusion": im.DiffusionHead([-1.5], [1.5], steps=50, sample_steps=10),
+        "cvae": im.CVAEHead(1, latent_dim=1),
     }
     test_obs = states[rng.integers(0, 16, 1000)]
     result = {}
-    for name, head in heads.items():
-        policy = im.Policy(head, 2, rng, hidden=(64, 64))
+    for name, head in heads.items():  # the CVAE with ReLU units collapsed its posterior in 2 of 4 seeds; tanh: 0
+        policy = im.Policy(head, 2, rng, hidden=(64, 64), activation="tanh" if name == "cvae" else "relu")
         im.bc(policy, obs, actions, im.TrainConfig(steps=2000, lr=2e-3), rng)
         result[name] = policy, policy.act(test_obs)[:, 0], policy.sample(test_obs, rng)[:, 0]
     return result
@@ -272,7 +310,7 @@ def test_bc_l2_and_gaussian_mean_land_on_the_midpoint(bimodal, name):
     assert np.abs(bimodal[name][1]).max() < 0.1
 
 
-@pytest.mark.parametrize("name", ["mixture", "categorical", "autoregressive", "diffusion"])
+@pytest.mark.parametrize("name", ["mixture", "categorical", "autoregressive", "diffusion", "cvae"])
 def test_expressive_heads_sample_both_modes_and_rarely_the_midpoint(bimodal, name):
     samples = bimodal[name][2]
     left, right = np.mean(np.abs(samples + 1) < 0.35), np.mean(np.abs(samples - 1) < 0.35)
@@ -444,6 +482,40 @@ def test_ddpm_with_a_perfect_noise_oracle_returns_a0():
     assert np.allclose(im.ddpm_sample(oracle, rng.standard_normal((5, 2)), schedule, rng), a0, atol=1e-9)
 
 
+def mixture_noise_predictor(schedule, w, mu, std):
+    """The optimal eps for 1-D data from sum_k w_k N(mu_k, std_k^2), in closed form: the noised data at level n
+    is sum_k w_k N(sqrt(ab) mu_k, ab std_k^2 + 1 - ab), and eps*(x, n) = -sqrt(1 - ab) d/dx log p_n(x)."""
+    w, mu, std = (np.asarray(v, f64) for v in (w, mu, std))
+
+    def eps(x, n):
+        ab = schedule.alpha_bar[n]
+        m, v = np.sqrt(ab) * mu, ab * std**2 + 1 - ab
+        log_r = np.log(w) - 0.5 * (x - m) ** 2 / v - 0.5 * np.log(v)  # (B, K): x (B, 1)
+        r = np.exp(log_r - im.logsumexp(log_r)[:, None])
+        return np.sqrt(1 - ab) * (r * (x - m) / v).sum(1, keepdims=True)
+
+    return eps
+
+
+def test_samplers_with_the_exact_noise_predictor_of_a_gaussian_mixture():
+    """The samplers' own fidelity, with no network in the way. DDPM recovers the mixture's weights, means and
+    spreads (its discretisation, the beta-tilde variances, narrows a spread by a few percent); deterministic
+    DDIM's first-order steps shrink the spread, more with fewer steps, as the README reports."""
+    schedule, rng = im.cosine_schedule(100), np.random.default_rng(0)
+    noise = rng.standard_normal((20_000, 1))
+    eps = mixture_noise_predictor(schedule, [0.3, 0.7], [-0.4, 0.4], [0.1, 0.15])
+    a = im.ddpm_sample(eps, noise.copy(), schedule, rng)[:, 0]
+    left = a < 0
+    assert abs(left.mean() - 0.3) < 0.015 and np.mean(np.abs(a) < 0.05) < 0.01
+    assert abs(a[left].mean() + 0.4) < 0.02 and abs(a[~left].mean() - 0.4) < 0.02
+    assert 0.85 < a[left].std() / 0.1 < 1.05 and 0.85 < a[~left].std() / 0.15 < 1.05
+    eps = mixture_noise_predictor(schedule, [1.0], [0.2], [0.25])  # THEORY.md's example
+    ddpm = im.ddpm_sample(eps, noise.copy(), schedule, rng)[:, 0].std() / 0.25
+    ddim = [im.ddim_sample(eps, noise.copy(), schedule.alpha_bar, S)[:, 0].std() / 0.25 for S in (5, 10, 20, 50)]
+    assert 0.9 < ddpm < 0.97 and 0.72 < ddim[1] < 0.82  # about -6% and -23% (THEORY.md: 0.234 and 0.19)
+    assert ddim == sorted(ddim) and ddim[-1] > 0.93
+
+
 def test_sinusoidal_embedding_backward_matches_central_differences():
     n, dout = np.array([0.0, 3.0, 41.5]), np.random.default_rng(0).standard_normal((3, 8))
     numeric = numerical_grad(lambda v: (im.sinusoidal_forward(v, 8) * dout).sum(), n)
@@ -464,11 +536,24 @@ def test_diffusion_actions_stay_in_bounds_and_mode_is_deterministic(bimodal):
 def kernel_inputs(kind, n, seed):
     """Random states, actions and uniforms for one world kernel (arguments in the kernel's order)."""
     rng = np.random.default_rng(seed)
-    reset, u = rng.random(n) < 0.2, rng.random((n, 4))
+    reset, u = rng.random(n) < 0.2, rng.random((n, 5))
     if kind == "road":
         x, c, r = rng.integers(-3, 4, n), rng.integers(-1, 2, n), rng.integers(-1, 2, n)
         expert = np.clip(c - x, -2, 2)[:, None].astype(f64)
-        return im.road_step, (x, c, r, expert, rng.uniform(-3, 3, n), u[:, :3], reset, 0.3, 3)
+        persist, start = (0.7, seed % 4) if seed % 2 else (0.0, 0)  # the plain road draws three uniforms
+        return im.road_step, (
+            x,
+            c,
+            r,
+            expert,
+            rng.uniform(-3, 3, n),
+            u[:, : 5 if seed % 2 else 3],
+            reset,
+            0.3,
+            3,
+            persist,
+            start,
+        )
     args = (
         rng.uniform(-1.2, 1.2, (n, 2)),
         rng.choice([-1.0, 1.0], n) if kind == "tree" else rng.uniform(-1, 1, (n, 2)),
@@ -476,7 +561,7 @@ def kernel_inputs(kind, n, seed):
     expert, action = rng.uniform(-1, 1, (n, 2)), rng.uniform(-2, 2, (n, 2))
     if kind == "tree":
         return im.tree_step, (*args, expert, action, u[:, :2], reset, 0.3, 1.0, 0.1, 0.1, 0.05)
-    return im.goal_step, (*args, expert, action, u, reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2))
+    return im.goal_step, (*args, expert, action, u[:, :4], reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2))
 
 
 def copy_args(args):
@@ -535,7 +620,9 @@ def test_the_expert_is_back_on_the_road_within_lanes_steps():
     c, r = rng.integers(-1, 2, x.size), np.zeros(x.size, np.int64)
     expert = np.clip(c - x, -2, 2)[:, None].astype(f64)
     for _ in range(lanes):
-        im.road_step(x, c, r, expert, expert[:, 0].copy(), rng.random((x.size, 3)), np.zeros(x.size, bool), 0.0, lanes)
+        im.road_step(
+            x, c, r, expert, expert[:, 0].copy(), rng.random((x.size, 3)), np.zeros(x.size, bool), 0.0, lanes, 0.0, 0
+        )
     assert np.all(x == 0)
 
 
@@ -560,6 +647,67 @@ def test_the_midpoint_of_the_two_tree_modes_collides():
 
     traj = im.rollout(env, midpoint, env.horizon, np.random.default_rng(0), seed=0)
     assert not traj.success.any() and traj.mask.sum(1).max() < env.horizon  # every episode hit the tree
+
+
+def test_history_of_one_observation_is_the_plain_env_bit_for_bit():
+    def run(env):
+        rng = np.random.default_rng(0)
+        return im.rollout(env, lambda o: rng.uniform(-1, 1, (len(o), 2)).astype(np.float32), 30, rng, seed=3)
+
+    plain, wrapped = run(im.Tree(16, horizon=8)), run(im.History(im.Tree(16, horizon=8), 1))
+    for name in ("observations", "actions", "costs", "mask", "success"):
+        assert np.array_equal(getattr(plain, name), getattr(wrapped, name))
+
+
+def test_history_never_crosses_an_episode_boundary():
+    """Chain's episodes end at random times; each stacked slot must hold this episode's own past, or zeros."""
+    k, n = 3, 32
+    env, rng = im.History(Chain(n), k, action_dim=1), np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    episode_obs, episode_act, ended, boundaries = [[o] for o in obs[:, k - 1]], [[] for _ in range(n)], [False] * n, 0
+    for _ in range(40):
+        for i in range(n):
+            assert obs[i, :k].tolist() == ([0.0] * k + episode_obs[i])[-k:]
+            assert obs[i, k:].tolist() == ([0.0] * k + episode_act[i])[-k:]
+        a = rng.integers(-1, 2, (n, 1)).astype(np.float32)
+        obs, _, term, trunc, _ = env.step(a)
+        for i in range(n):
+            if ended[i]:  # this step started a new episode and the env ignored the action
+                episode_obs[i], episode_act[i] = [obs[i, k - 1]], []
+            else:
+                episode_obs[i].append(obs[i, k - 1])
+                episode_act[i].append(float(a[i, 0]))
+        ended, boundaries = term | trunc, boundaries + (term | trunc).sum()
+    assert boundaries > n
+
+
+def test_exact_cost_with_a_persistent_turn_and_the_previous_move_matches_monte_carlo():
+    env, rng, T = im.Road(8192, 10, eps=0.2, persist=0.8, start=2), np.random.default_rng(0), 10
+    probs = rng.dirichlet(np.ones(5), (len(env.table), 5))  # (row, previous move, move): a random stochastic policy
+
+    def policy(obs):  # obs = [road features, previous move]
+        row = (obs[:, None, :-1] == env.table).all(2).argmax(1)
+        p = probs[row, np.clip(np.rint(obs[:, -1]), -2, 2).astype(int) + 2]
+        return (rng.random((len(obs), 1)) < p.cumsum(1)).argmax(1)[:, None] - 2.0
+
+    def straight(obs):
+        return np.zeros((len(obs), 1), np.float32)
+
+    for act, move_probs, wrapped in (
+        (policy, probs, im.History(env, 1, action_dim=1)),
+        (straight, np.eye(5)[[2] * 21], env),
+    ):
+        J = im.road_exact_cost(move_probs, T, env.eps, env.lanes, persist=env.persist, start=env.start)
+        (lo, hi), _ = im.bootstrap_ci(im.rollout(wrapped, act, T, rng, seed=1).total_cost, rng, level=0.99)
+        assert lo <= J[-1] <= hi
+
+
+def test_the_cued_tree_shows_the_side_once_and_the_expert_follows_it():
+    env = im.Tree(64, cue=True)
+    traj = im.rollout(env, None, 40, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=0)
+    cue = traj.observations[:, :, 2]
+    assert np.all(np.abs(cue[:, 0]) == 1) and np.all(cue[:, 1:] == 0) and traj.success.all()
+    assert np.all(np.sign(traj.observations[:, -1, 0]) == cue[:, 0])  # passed on the cued side
 
 
 def test_goal_expert_reaches_random_goals():
@@ -866,6 +1014,7 @@ def heads_for(action_dim, bound):
         "categorical": im.CategoricalHead(grid.reshape(action_dim, -1).T),
         "autoregressive": im.AutoregressiveHead(low, high, bins=5),
         "diffusion": im.DiffusionHead(low, high, steps=20, sample_steps=4),
+        "cvae": im.CVAEHead(action_dim, latent_dim=1, samples=4),
     }
 
 
