@@ -33,7 +33,7 @@ def target(ok, text):
 # ---- 1. compounding error ----
 
 
-def compounding(seed, quick):
+def compounding(seed, quick, figure):
     """BC, DAgger (best iterate), HG-DAgger and DART on the road, each on the same budget of expert labels
     at every horizon T; eps stays fixed across the sweep (it is the world's reading noise)."""
     eps, lanes, rounds, budget = 0.005, 3, 4, 16384
@@ -151,7 +151,7 @@ def report_compounding(r):
 # ---- 2. multimodal demonstrations ----
 
 
-def multimodal(seed, quick):
+def multimodal(seed, quick, figure):
     """Each head trained by BC on the tree's bimodal demonstrations, then run with sampled actions.
     The task is left-right symmetric, so every demonstration is added with its mirror image: the data hold
     both sides exactly equally (a sampled imbalance of a few percent tilts L2's conditional mean, and the
@@ -207,7 +207,8 @@ def multimodal(seed, quick):
             "network": f"{len(hidden)}x{hidden[0]} {activation}, inputs x{scale:g}, {steps} steps",
         }
         say(f"  {name:<15} success {record[name]['success']:.3f}  trained in {train_seconds:.1f} s")
-    return record, {k: v.tolist() for k, v in samples.items()}
+    figure["samples"] = samples
+    return record
 
 
 def report_multimodal(r):
@@ -229,10 +230,137 @@ def report_multimodal(r):
     return lines
 
 
-# ---- 3. hindsight relabeling ----
+# ---- 3. latent variables and memory ----
 
 
-def hindsight(seed, quick):
+def memory(seed, quick, figure):
+    return {"causal_confusion": confusion(seed, quick, figure), "non_markovian": non_markovian(seed, quick)}
+
+
+def confusion(seed, quick, figure):
+    """Causal confusion (de Haan, Jayaraman & Levine 2019): BC and DAgger on a road whose turn persists (kept
+    with probability 0.775, so the turn stays the same 85% of the time while the reading is right 80% of the
+    time), each without and with the brake light, the previous executed move (History(road, 1, action_dim=1)).
+    One budget of 12,800 expert labels per method, 3 training seeds. Episodes start at a random offset, so the
+    demonstrations hold recoveries: from the road alone both BCs compound and show nothing else."""
+    T, rounds, n, road = 50, 4, 64, dict(eps=0.2, lanes=3, persist=0.775, start=3)
+    train, seeds = im.TrainConfig(steps=400, lr=3e-3), range(seed, seed + (2 if quick else 3))
+    cfg = im.DaggerConfig(rounds=rounds, horizon=T, train=im.TrainConfig(steps=200, lr=3e-3), val_seed=seed + 7)
+    head, table = im.CategoricalHead(ROAD_MOVES), im.road_features(road["lanes"])
+    brake_table = np.concatenate([np.repeat(table, 5, 0), np.tile(ROAD_MOVES, len(table))[:, None]], 1)  # (row, m)
+    names = ["bc_plain", "bc_brake", "dagger_plain", "dagger_brake"]
+    errors, costs, exact = ({k: [] for k in names} for _ in range(3))
+    episodes = 1024 if quick else 4096
+    for s in seeds:
+        rng = np.random.default_rng(s)
+
+        def env(num, brake, env_seed=s):
+            road_env = im.Road(num, T, seed=env_seed, **road)
+            return im.History(road_env, 1, action_dim=1) if brake else road_env
+
+        demo_env = env(rounds * n, True)
+        obs, labels = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=s + 1).pairs()
+        held_env = env(1024, True, s + 99)  # fresh expert episodes: the held-out error is on states never trained on
+        held = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=s + 99)
+        for name in names:
+            brake, view = name.endswith("brake"), (lambda o: o) if name.endswith("brake") else (lambda o: o[:, :-1])
+            policy = im.Policy(head, obs.shape[1] - (not brake), np.random.default_rng(s))
+            if name.startswith("bc"):
+                im.bc(policy, view(obs), labels, train, rng)  # both BCs learn from the same demonstrations
+            else:
+                learner_env = env(n, brake, s + 2)
+                policy = im.dagger(policy, learner_env, learner_env.expert, cfg, rng).best
+            wrong = np.abs(
+                policy.act(view(held.observations[:, :-1].reshape(-1, obs.shape[1]))) - held.labels.reshape(-1, 1)
+            )
+            errors[name].append((wrong > 0.5).reshape(len(held.mask), T).mean(1))  # every held-out episode runs T steps
+            costs[name].append(im.rollout(env(episodes, brake, s + 1000), policy.act, T, rng, seed=s + 1000).total_cost)
+            probs = im.road_move_probs(policy.act(brake_table if brake else table))
+            exact[name].append(float(im.road_exact_cost(probs.reshape(-1, 5, 5) if brake else probs, T, **road)[-1]))
+        say(f"  seed {s}: " + "  ".join(f"{k} {costs[k][-1].mean():.2f}" for k in names))
+    rng, record = np.random.default_rng(seed), {}
+    for k in names:
+        err, cost = np.concatenate(errors[k]), np.concatenate(costs[k])  # pooled over seeds
+        record[k] = {
+            "heldout_error": float(err.mean()),
+            "heldout_error_ci": im.bootstrap_ci(err, rng)[0].tolist(),
+            "cost": float(cost.mean()),
+            "cost_ci": im.bootstrap_ci(cost, rng)[0].tolist(),
+            "cost_exact_per_seed": exact[k],
+        }
+    figure["confusion"] = record
+    return record
+
+
+def non_markovian(seed, quick):
+    """The cued tree: the side to pass on is shown only on the first step. The same mixture head, with and
+    without a history of the last 8 observations (mirrored demonstrations, as in section 2)."""
+    rng, k, steps, record = np.random.default_rng(seed), 8, 750 if quick else 3000, {}
+    for name, make in (
+        ("memoryless", lambda n: im.Tree(n, cue=True)),
+        ("history", lambda n: im.History(im.Tree(n, cue=True), k)),
+    ):
+        demo_env = make(256)
+        obs, actions = im.rollout(demo_env, None, 40, rng, expert=demo_env.expert, beta=1.0, seed=seed).pairs()
+        mirror = np.tile(np.float32([-1, 1, -1]), obs.shape[1] // 3)  # x -> -x and the cue -> -cue
+        obs, actions = np.concatenate([obs, obs * mirror]), np.concatenate([actions, actions * mirror[:2]])
+        policy = im.Policy(
+            im.MixtureHead(2, 5), obs.shape[1], np.random.default_rng(seed), hidden=(256, 256), activation="tanh"
+        )
+        im.bc(policy, obs * 100, actions, im.TrainConfig(steps=steps), rng)
+        traj = im.rollout(
+            make(256 if quick else 1000), lambda o, p=policy: p.sample(o * 100, rng), 40, rng, seed=seed + 2
+        )
+        record[name] = {
+            "success": float(traj.success.mean()),
+            "success_ci": im.bootstrap_ci(traj.success, rng)[0].tolist(),
+        }
+        say(f"  {name:<11} success {record[name]['success']:.3f}")
+    return record
+
+
+def report_memory(r):
+    c, m = r["causal_confusion"], r["non_markovian"]
+    say(f"\n  {'method':<13}{'held-out error':>15}{'95% CI':>17}{'cost J':>9}{'95% CI':>17}   exact J per seed")
+    for k, v in c.items():
+        (elo, ehi), (clo, chi) = v["heldout_error_ci"], v["cost_ci"]
+        exact = ", ".join(f"{x:.2f}" for x in v["cost_exact_per_seed"])
+        err, cost = (
+            f"{v['heldout_error']:>15.3f}  [{elo:.3f}, {ehi:.3f}]",
+            f"{v['cost']:>9.2f}  [{clo:5.2f}, {chi:5.2f}]",
+        )
+        say(f"  {k:<13}{err}{cost}   {exact}")
+    say(f"\n  {'policy':<12}{'success':>8}{'95% CI':>17}   (the cued tree: pass on the side shown at the start)")
+    for k, v in m.items():
+        say(f"  {k:<12}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]")
+    ratio = c["dagger_brake"]["cost"] / c["dagger_plain"]["cost"]
+    return [
+        target(
+            c["bc_brake"]["heldout_error_ci"][1] < c["bc_plain"]["heldout_error_ci"][0],
+            f"brake light: BC's held-out error {c['bc_brake']['heldout_error']:.3f} < "
+            f"{c['bc_plain']['heldout_error']:.3f} without it",
+        ),
+        target(
+            c["bc_brake"]["cost_ci"][0] > c["bc_plain"]["cost_ci"][1],
+            f"... yet its cost {c['bc_brake']['cost']:.2f} > {c['bc_plain']['cost']:.2f} (causal confusion)",
+        ),
+        target(
+            c["dagger_brake"]["cost_ci"][1] < c["bc_brake"]["cost_ci"][0] and abs(ratio - 1) <= 0.1,
+            f"DAgger with the brake light {c['dagger_brake']['cost']:.2f} < BC's, and {ratio:.2f}x DAgger "
+            "without it (within 10%)",
+        ),
+        target(
+            m["memoryless"]["success"] <= 0.6,
+            f"memoryless BC on the cued tree {m['memoryless']['success']:.3f} <= 0.60",
+        ),
+        target(m["history"]["success"] >= 0.95, f"BC with history {m['history']['success']:.3f} >= 0.95"),
+    ]
+
+
+# ---- 4. hindsight relabeling ----
+
+
+def hindsight(seed, quick, figure):
     """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal."""
     rng = np.random.default_rng(seed)
     wander = im.Goals(2560, horizon=20, play=True, start=0.5)  # play starts in the central square
@@ -324,7 +452,7 @@ def mlp_step(seed, reps):
     return {"ratio": step / mm, "step_seconds": step, "matmul_seconds": mm, "bc_step_seconds": bc_step}
 
 
-def speed(seed, quick):
+def speed(seed, quick, figure):
     rng, n, reps = np.random.default_rng(seed), 4096, 5 if quick else 20
     # the compiled road step against the same step as plain Python
     x, c, r = (rng.integers(-1, 2, n) for _ in range(3))
@@ -398,7 +526,7 @@ def report_speed(r):
 # ---- figure ----
 
 
-def plot(record, samples, path):
+def plot(record, figure, path):
     try:
         import matplotlib
 
@@ -425,7 +553,7 @@ def plot(record, samples, path):
         ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=7)
     ax = axes[2]
-    for name, s in samples.items():
+    for name, s in figure["samples"].items():
         ax.hist(np.array(s)[:, 0], bins=41, range=(-0.5, 0.5), histtype="step", lw=1.5, label=name)
     ax.set(xlabel="sideways part of the sampled action", ylabel="samples (of 4096)", yscale="log")
     ax.set_title("actions sampled at (0, -0.8), where the demonstrations part", fontsize=10)
@@ -436,6 +564,19 @@ def plot(record, samples, path):
 
 
 # ---- main ----
+
+SECTIONS = [  # JSON key, title, run(seed, quick, figure) -> record, report(record) -> target lines
+    (
+        "bounds",
+        "Compounding error on the road: BC against DAgger, HG-DAgger and DART at one label budget",
+        compounding,
+        report_compounding,
+    ),
+    ("multimodal", "Expressive heads on the tree's bimodal demonstrations", multimodal, report_multimodal),
+    ("memory", "Latent variables and memory: causal confusion and a non-Markovian expert", memory, report_memory),
+    ("hindsight", "Hindsight relabeling on the goal task", hindsight, report_hindsight),
+    ("speed", "Speed, measured side by side after warm-up", speed, report_speed),
+]
 
 
 def main():
@@ -450,19 +591,13 @@ def main():
         print(json.dumps(mlp_step(args.mlp_step, 100)))
         return
     start = time.perf_counter()
-    record, verdicts = {"seed": args.seed, "quick": args.quick}, []
-    say("1. Compounding error on the road: BC against DAgger, HG-DAgger and DART at one label budget")
-    record["bounds"] = compounding(args.seed, args.quick)
-    verdicts += report_compounding(record["bounds"])
-    say("\n2. Expressive heads on the tree's bimodal demonstrations")
-    record["multimodal"], samples = multimodal(args.seed, args.quick)
-    verdicts += report_multimodal(record["multimodal"])
-    say("\n3. Hindsight relabeling on the goal task")
-    record["hindsight"] = hindsight(args.seed, args.quick)
-    verdicts += report_hindsight(record["hindsight"])
-    say("\n4. Speed, measured side by side after warm-up")
-    record["speed"] = speed(args.seed, args.quick)
-    verdicts += report_speed(record["speed"])
+    record, verdicts, figure = {"seed": args.seed, "quick": args.quick, "section_seconds": {}}, [], {}
+    for i, (key, title, run, report) in enumerate(SECTIONS, 1):
+        say(f"{chr(10) if i > 1 else ''}{i}. {title}")
+        section_start = time.perf_counter()
+        record[key] = run(args.seed, args.quick, figure)
+        record["section_seconds"][key] = time.perf_counter() - section_start
+        verdicts += report(record[key])
     record["seconds"] = time.perf_counter() - start
     say(f"\nTargets ({'quick run: reduced budgets, so misses are expected' if args.quick else 'full run'}):")
     for line in verdicts:
@@ -473,7 +608,7 @@ def main():
             json.dump(record, f, indent=1)
         say(f"record written to {args.json}")
     if args.plot:
-        plot(record, samples, args.plot)
+        plot(record, figure, args.plot)
 
 
 if __name__ == "__main__":

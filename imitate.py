@@ -791,9 +791,12 @@ class Policy:
     def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu"):
         self.head, self.obs_dim = head, _positive_int("obs_dim", obs_dim)
         self.net = MLP((head.net_in(self.obs_dim), *hidden, head.n_out), activation)
-        rng = _generator(rng)
-        self.params = np.concatenate([self.net.init(rng), head.init_extra(self.net, rng)])
+        self.params = self.init(_generator(rng))
         self.workspace = {}  # activation buffers per batch size, reused by every training step
+
+    def init(self, rng):
+        """Fresh parameters: the network's, then any the head adds (the CVAE's encoder)."""
+        return np.concatenate([self.net.init(rng), self.head.init_extra(self.net, rng)])
 
     def check(self, obs, a=None):
         check_array("obs", obs, (None, self.obs_dim))
@@ -872,14 +875,18 @@ def bc(policy, obs, actions, cfg=TrainConfig(), rng=None):
         losses[step], _ = policy.head.policy_loss(
             policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
         )
-        norm = opt.step(policy.params, grad) if np.isfinite(losses[step]) else math.nan
-        if not norm < 1e19:  # Adam changed nothing: params are as they were before this step
-            raise ValueError(
-                f"bc: step {step} has loss {losses[step]:.3g} and gradient norm {norm:.3g}; training stopped there, "
-                "with policy.params as before that step. Likely unscaled observations or actions (standardise "
-                "them) or an lr that is too large"
-            )
+        adam_step(opt, policy.params, grad, losses[step], f"bc: step {step}")
     return losses
+
+
+def adam_step(opt, params, grad, loss, where):
+    """opt.step, or a ValueError when the loss or the gradient is not finite: then nothing has changed."""
+    norm = opt.step(params, grad) if np.isfinite(loss) else math.nan
+    if not norm < 1e19:  # Adam changed nothing: params are as they were before this step
+        raise ValueError(
+            f"{where} has loss {loss:.3g} and gradient norm {norm:.3g}; training stopped there, with the parameters "
+            "as before that step. Likely unscaled observations or actions (standardise them) or an lr too large"
+        )
 
 
 # ---- toy world ----
@@ -1059,6 +1066,23 @@ class Road(VectorEnv):
     def unsafe(self, obs=None):
         return self.x != 0  # off the road
 
+    def side_cameras(self, obs, labels, k=1):
+        """Synthetic recovery data (DAVE-2's side cameras, the drone's left and right cameras): for each
+        demonstrated state on the road, the observations the car would see at offsets +-1 .. +-k at the same
+        moment, labelled with the expert's correction there, clip(c - x, -2, 2): no rollout, no interaction.
+        On the road the expert's label is the turn c. Returns the 2 k N synthetic (obs, labels): expert labels."""
+        check_array("obs", obs, (None, self.obs_dim))
+        check_array("labels", labels, (len(obs), 1))
+        k = _positive_int("k", k)
+        if k > self.lanes:
+            raise ValueError(f"k must be at most lanes = {self.lanes}, got {k}")
+        on_road = ~obs[:, 3:].any(1)  # the thermometer features are all zero on the road
+        r, c = obs[on_road, :3].argmax(1) - 1, labels[on_road, 0]  # the reading and the turn
+        x = np.repeat([x for x in range(-k, k + 1) if x], len(r))  # (2 k N,) the synthetic offsets
+        return self.table[(x + self.lanes) * 3 + np.tile(r, 2 * k) + 1], np.clip(np.tile(c, 2 * k) - x, -2, 2).astype(
+            np.float32
+        )[:, None]
+
 
 def road_features(lanes):
     """Observation vectors for every (x, r), row (x + lanes) * 3 + r + 1: one-hot reading, then
@@ -1144,24 +1168,29 @@ class Goals(VectorEnv):
     """The goal-reaching task: a point mass in [-1, 1]^2 should end within 0.1 of a goal anywhere in the
     arena; the observation is the position (2) and info["goal"] the goal. Actions: velocity in [-1, 1]^2,
     dt = 0.1. With play=True the expert wanders from random goal to random goal: data for hindsight relabeling.
-    reset(options={"goals": (n, 2)}) sets the goals; start sets the half-width of the start square."""
+    reset(options={"goals": (n, 2)}) sets the goals; start sets the half-width of the start square;
+    observe_goal=True makes the observation [position, goal] (4), for goal-conditioned policies."""
 
-    action_dim, obs_dim = 2, 2
+    action_dim = 2
     dt, radius, tol = 0.1, 0.1, 0.1
 
-    def __init__(self, num_envs=256, horizon=30, play=False, start=0.5, seed=0):
+    def __init__(self, num_envs=256, horizon=30, play=False, start=0.5, observe_goal=False, seed=0):
         super().__init__(num_envs, horizon, seed)
         if not 0 <= start <= 1:
             raise ValueError(f"start must lie in [0, 1], got {start}")
-        self.play, self.start = bool(play), float(start)
-        self.pos, self.goal = np.zeros((self.num_envs, 2)), np.zeros((self.num_envs, 2))
+        self.play, self.start, self.observe_goal = bool(play), float(start), bool(observe_goal)
+        self.pos, self.goal, self.obs_dim = (
+            np.zeros((self.num_envs, 2)),
+            np.zeros((self.num_envs, 2)),
+            2 + 2 * observe_goal,
+        )
 
     def reset(self, seed=None, options=None):
-        obs, info = super().reset(seed)
+        _, info = super().reset(seed)
         if options and "goals" in options:
             self.goal[:] = check_array("options['goals']", np.asarray(options["goals"], np.float64), (self.num_envs, 2))
             goal_expert(self.pos, self.goal, self.dt, self.expert_action)
-        return obs, {**info, "goal": self.goal.astype(np.float32)}
+        return self.observe(), {**info, "goal": self.goal.astype(np.float32)}
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 4))
@@ -1170,7 +1199,7 @@ class Goals(VectorEnv):
         return cost, np.zeros(self.num_envs, bool), {"success": success, "goal": self.goal.astype(np.float32)}
 
     def observe(self):
-        return self.pos.astype(np.float32)
+        return (np.concatenate([self.pos, self.goal], 1) if self.observe_goal else self.pos).astype(np.float32)
 
 
 # ---- data ----
@@ -1226,6 +1255,8 @@ class Trajectories:
         the expert's labels by default, the executed actions with labels=False."""
         if labels and self.labels is None:
             raise ValueError("these trajectories hold no expert labels; use labels=False for the executed actions")
+        if not labels and self.actions is None:
+            raise ValueError("these trajectories are states only: they hold no actions")
         m = self.mask if where is None else self.mask & where
         return self.observations[:, :-1][m], (self.labels if labels else self.actions)[m]
 
@@ -1263,7 +1294,7 @@ class Trajectories:
                 missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
                 if unknown or missing:
                     raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
-                return cls(**{k: z[k] for k in z.files})
+                return cls(**{k: z[k] if k in z.files else None for k in TRAJECTORY_FIELDS})
         except FileNotFoundError:
             raise
         except Exception as e:  # a truncated or foreign file, a text file, a bad field: whatever went wrong
@@ -1458,8 +1489,9 @@ class Result:
     best: Policy  # the iterate with the lowest validation cost: DAgger's guarantee is for this one
     last: Policy  # the final iterate
     log: list  # one dict per round
-    obs: np.ndarray  # the aggregated dataset the last iterate was trained on
+    obs: np.ndarray  # the aggregated dataset the last iterate was trained on; log[i]["data"] rows after round i
     actions: np.ndarray
+    iterates: list  # every round's policy: DAgger's theory is about this sequence
 
 
 def actor(policy, rng, stochastic=False):
@@ -1473,15 +1505,16 @@ def disagreement(traj, tol):
     return float(wrong[traj.mask].mean())
 
 
-def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None):
-    """The loop DAgger, HG-DAgger and DART share: collect, aggregate, retrain, validate, keep the best.
-    collect(i, learner) -> (Trajectories, where, notes) gives round i's data, the expert's labels at the real
-    steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
-    data is an expert label, so the log's data size is also the number of labels used."""
+def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, train=bc):
+    """The loop DAgger, HG-DAgger, DART and active DAgger share: collect, aggregate, retrain, validate, keep the
+    best. collect(i, learner) -> (Trajectories, where, notes) gives round i's data, the expert's labels at the
+    real steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
+    data is an expert label, so the log's data size is also the number of labels used. train(policy, obs,
+    actions, cfg.train, rng) retrains: bc, or bootstrap_bc for an ensemble."""
     rng = _generator(rng)
     obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
     act_data = [] if actions is None else [np.asarray(actions, np.float32)]
-    best, best_cost, log = None, np.inf, []
+    best, best_cost, log, iterates = None, np.inf, [], []
     for i in range(cfg.rounds):
         traj, where, notes = collect(i, actor(policy, rng, cfg.stochastic))
         o, a = traj.pairs(where=where)  # the expert labels the states the rollout visited
@@ -1491,14 +1524,16 @@ def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None):
         if len(O) == 0:
             raise ValueError("no expert labels were collected: nothing to train on")
         if not cfg.warm_start:
-            policy.params = policy.net.init(rng)
-        bc(policy, O, A, cfg.train, rng)
+            for member in getattr(policy, "members", [policy]):
+                member.params = member.init(rng)
+        train(policy, O, A, cfg.train, rng)
         val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=expert, seed=cfg.val_seed)
         cost = float(val.total_cost.mean())
         log.append(dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol)) | notes)
+        iterates.append(policy.copy())
         if cost < best_cost:
-            best, best_cost = policy.copy(), cost
-    return Result(best, policy.copy(), log, O, A)
+            best, best_cost = iterates[-1], cost
+    return Result(best, iterates[-1], log, O, A, iterates)
 
 
 def _interventions(traj):
@@ -1550,6 +1585,62 @@ def _seed(rng):
     return int(_generator(rng).integers(2**31))
 
 
+class Ensemble:
+    """K policies, each trained on its own bootstrap resample of the data (query by committee). The first
+    member acts; the spread of the members' deterministic actions measures how unsure the learner is."""
+
+    def __init__(self, members):
+        self.members = list(members)
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
+
+    def act(self, obs):
+        return self.members[0].act(obs)
+
+    def sample(self, obs, rng):
+        return self.members[0].sample(obs, rng)
+
+    def uncertainty(self, obs):
+        """sqrt(sum_d Var_k a_kd): the spread of the members' actions at each observation (B,)."""
+        a = np.stack([m.act(obs) for m in self.members])  # (K, B, A)
+        return np.sqrt(a.var(0).sum(1))
+
+    def copy(self):
+        return Ensemble(m.copy() for m in self.members)
+
+
+def bootstrap_bc(ensemble, obs, actions, cfg=TrainConfig(), rng=None):
+    """BC for every member of an ensemble, each on a bootstrap resample (N pairs drawn with replacement)."""
+    rng = _generator(rng)
+    for member in ensemble.members:
+        i = rng.integers(0, len(obs), len(obs))
+        bc(member, obs[i], actions[i], cfg, rng)
+
+
+def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, cfg=DaggerConfig(), rng=None):
+    """Active DAgger (query by committee; ThriftyDAgger gates on the same novelty, Hoque et al. 2021): start
+    from bootstrap BC on demonstrations (obs, actions); the learner drives; the expert labels only visited
+    states where the ensemble's uncertainty is above `threshold`, at most `queries` of them per round, the
+    most uncertain first. (The toy expert is asked at every step for convenience; only queried labels enter
+    the data and the label count.)"""
+    rng, queries = _generator(rng), _positive_int("queries", queries)
+    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
+    bootstrap_bc(ensemble, obs, actions, cfg.train, rng)
+
+    def collect(i, learner):
+        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, seed=_seed(rng))
+        states = traj.observations[:, :-1]
+        u = np.where(
+            traj.mask, ensemble.uncertainty(states.reshape(-1, states.shape[2])).reshape(traj.mask.shape), -np.inf
+        )
+        where = np.zeros(u.shape, bool)
+        where.flat[np.argsort(-u, axis=None, kind="stable")[:queries]] = True  # active: the most uncertain states
+        where &= u > threshold  # ... and only those above the threshold
+        return traj, where, {"queries": int(where.sum()), "uncertain_share": float((u > threshold)[traj.mask].mean())}
+
+    return interactive(ensemble, env, expert, cfg, rng, collect, obs, actions, train=bootstrap_bc)
+
+
 def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
     """Hindsight relabeling (GCSL, Ghosh et al. 2021): every trajectory demonstrates reaching the states it
     reached. Returns new Trajectories whose observations have a goal appended: obs[..., achieved] of the
@@ -1571,10 +1662,132 @@ def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
     return Trajectories(observations, traj.actions.copy(), traj.costs.copy(), traj.mask.copy(), traj.actions.copy())
 
 
+def augment(obs, expert, noise, copies, rng, columns=slice(None)):
+    """Synthetic recovery data for continuous tasks: `copies` perturbed copies of every demonstrated
+    observation, with N(0, noise^2) added to `columns`, each labelled by expert(perturbed observations). The
+    expert must read the state from the observation (e.g. a goal-conditioned [position, goal])."""
+    rng, copies = _generator(rng), _positive_int("copies", copies)
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    synthetic = np.repeat(np.asarray(obs, np.float32), copies, 0)
+    synthetic[:, columns] += np.float32(noise) * rng.standard_normal(synthetic[:, columns].shape, dtype=np.float32)
+    return synthetic, np.asarray(expert(synthetic), np.float32)
+
+
 def hindsight_bc(policy, traj, cfg=TrainConfig(), rng=None, strategy="future", achieved=slice(0, 2)):
     """Goal-conditioned BC on relabeled trajectories; the policy's observation is [obs, goal]."""
     relabeled = relabel(traj, rng, strategy, achieved)
     return bc(policy, *relabeled.pairs(), cfg, rng)
+
+
+@dataclass(frozen=True)
+class BCOConfig:
+    """Behavioral cloning from observation: explore, fit the inverse model, label the demonstrations, clone."""
+
+    explore_horizon: int = 1  # steps per exploration episode: a round explores env.num_envs x explore_horizon steps
+    alpha: int = 0  # BCO(alpha): rounds after the first in which the policy explores and everything is refitted
+    inverse: TrainConfig = TrainConfig(steps=2000, lr=1e-2)  # the inverse model's bc
+    train: TrainConfig = TrainConfig(steps=1000, lr=3e-3)  # the policy's bc
+
+
+def bco(policy, inverse, env, demos, explore, cfg=BCOConfig(), rng=None, state=slice(None)):
+    """BCO (Torabi, Warnell & Stone 2018): imitation from state-only demonstrations. The learner explores with
+    explore(obs) -> actions, fits an inverse dynamics model p(a | s, s') (a Policy on [s, s']) by bc on its own
+    transitions, labels the demonstrations' transitions with it and clones the labels. BCO(alpha): alpha more
+    rounds in which the policy explores and the inverse model is refitted on everything seen. The inverse model
+    sees the observation columns `state` (those the dynamics depend on: not a goal). Returns the exploration steps."""
+    rng, seen = _generator(rng), None
+    s, s_next = demos.observations[:, :-1][demos.mask], demos.observations[:, 1:][demos.mask]  # no actions needed
+    for i in range(cfg.alpha + 1):
+        learner = explore if i == 0 else policy.act  # BCO(alpha): the policy explores after the first round
+        new = rollout(env, learner, _positive_int("explore_horizon", cfg.explore_horizon), rng, seed=_seed(rng))
+        seen = new.transitions() if seen is None else [np.concatenate(x) for x in zip(seen, new.transitions())]
+        bc(inverse, np.concatenate([seen[0][:, state], seen[2][:, state]], 1), seen[1], cfg.inverse, rng)
+        labels = inverse.act(np.concatenate([s[:, state], s_next[:, state]], 1))  # BCO: inferred actions
+        bc(policy, s, labels, cfg.train, rng)
+    return len(seen[0])
+
+
+@dataclass(frozen=True)
+class OneShotConfig:
+    """One-shot imitation: an encoder of whole demonstrations and a policy on [s, z], trained over many tasks."""
+
+    horizon: int = 30  # the encoder's time stamp is t / horizon (fixed, so that padding changes nothing)
+    pairs: int = 16  # demonstration pairs per step: one is encoded, the other imitated
+    steps_per_pair: int = 16  # (s, a) pairs drawn from each imitated demonstration
+    time_stamp: bool = True  # the encoder reads (s_t, t / T); False: s_t alone, an order-blind bag of states
+    train: TrainConfig = TrainConfig(steps=1500, lr=3e-3)
+
+
+def demo_features(demos, cfg=OneShotConfig()):
+    """The encoder's input per demonstrated state, (n, T+1, O [+1: t / horizon]), and which are real (n, T+1)."""
+    n, T1, _ = demos.observations.shape
+    real = np.concatenate([np.ones((n, 1), bool), demos.mask], 1)  # s_0 and the s_{t+1} of every real step
+    t = np.broadcast_to(np.arange(T1, dtype=np.float32)[None, :, None] / cfg.horizon, (n, T1, 1))
+    return (np.concatenate([demos.observations, t], 2) if cfg.time_stamp else demos.observations), real
+
+
+def encode_forward(net, params, x, real, buf=None):
+    """z = 1/|T| sum_{t real} phi(x_t): x (P, T+1, I), real (P, T+1) -> z (P, E); padding weighs exactly 0."""
+    P, T1, _ = x.shape
+    w = (real / real.sum(1, keepdims=True)).astype(np.result_type(x, params))  # (P, T+1): w_t = m_t / |T|
+    phi, cache = mlp_forward(net, params, x.reshape(P * T1, -1), buf)  # (P (T+1), E)
+    return np.einsum("pt,pte->pe", w, phi.reshape(P, T1, -1)), (w, cache)
+
+
+def encode_backward(net, params, dz, cache, dparams):
+    """Through the pooling, dz_p/dphi_pt = w_pt I, so dL/dphi_pt = w_pt dL/dz_p; then through phi into dparams."""
+    w, mlp_cache = cache
+    mlp_backward(net, params, (w[:, :, None] * dz[:, None, :]).reshape(-1, dz.shape[1]), mlp_cache, dparams, False)
+
+
+def one_shot_loss(policy, encoder, enc_params, demo, real, obs, actions, rng, grad, enc_grad):
+    """L = 1/(P K) sum_pk l(a_pk | [s_pk, z_p]), z_p = encode(demo_p): the policy's loss, end to end through the
+    encoder. demo (P, T+1, I), real (P, T+1), obs (P, K, O), actions (P, K, A); writes grad and enc_grad."""
+    P, K, O = obs.shape
+    flat = demo.reshape(-1, demo.shape[2])
+    z, cache = encode_forward(
+        encoder, enc_params, demo, real, buffers(policy.workspace, "encoder", encoder, flat, enc_params)
+    )
+    x = np.concatenate([obs, np.broadcast_to(z[:, None], (P, K, z.shape[1]))], 2).reshape(P * K, -1)  # [s, z]
+    head = policy.head
+    loss, dx = head.policy_loss(
+        policy.net, policy.params, x, actions.reshape(P * K, -1), rng, grad, None, policy.workspace, True
+    )
+    dz = dx[:, O:].reshape(P, K, -1).sum(1)  # z_p feeds K rows: their gradients add up
+    encode_backward(encoder, enc_params, dz, cache, enc_grad)
+    return loss
+
+
+def one_shot(policy, encoder, demos, per, cfg=OneShotConfig(), rng=None):
+    """One-shot imitation (Duan et al. 2017): train the policy (on [s, z]) and the demonstration encoder end to
+    end over many tasks. demos: rows in groups of `per` >= 2 demonstrations of one task, from different starts;
+    each step encodes one of a group and imitates another. Returns the encoder's parameters."""
+    rng, per = _generator(rng), _positive_int("per", per, 2)
+    x, real = demo_features(demos, cfg)
+    length, tasks, P, K = demos.mask.sum(1), len(demos.mask) // per, cfg.pairs, cfg.steps_per_pair
+    enc_params = encoder.init(rng)
+    opts = Adam(policy.params.size, cfg.train.lr), Adam(enc_params.size, cfg.train.lr)
+    grad, enc_grad = np.empty_like(policy.params), np.empty_like(enc_params)
+    for step in range(cfg.train.steps):
+        for opt in opts:  # lr_t = lr (1 + cos(pi t / steps)) / 2
+            opt.lr = (
+                cfg.train.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.train.steps)) if cfg.train.cosine else opt.lr
+            )
+        task, i = rng.integers(0, tasks, P), rng.integers(0, per, P)
+        shown, imitated = task * per + i, task * per + (i + rng.integers(1, per, P)) % per  # one task, two starts
+        t = (rng.random((P, K)) * length[imitated, None]).astype(np.int64)  # real steps of the imitated demos
+        s, a = demos.observations[imitated[:, None], t], demos.actions[imitated[:, None], t]  # (P, K, O), (P, K, A)
+        loss = one_shot_loss(policy, encoder, enc_params, x[shown], real[shown], s, a, rng, grad, enc_grad)
+        adam_step(opts[0], policy.params, grad, loss, f"one_shot: step {step}")
+        adam_step(opts[1], enc_params, enc_grad, loss, f"one_shot: step {step} (encoder)")
+    return enc_params
+
+
+def one_shot_actor(policy, encoder, enc_params, demo, cfg=OneShotConfig()):
+    """The policy conditioned on one demonstration per env row (Trajectories with n rows): obs -> pi([s, z])."""
+    z, _ = encode_forward(encoder, enc_params, *demo_features(demo, cfg))
+    return lambda obs: policy.act(np.concatenate([obs, z.astype(np.float32)], 1))
 
 
 # ---- evaluation ----

@@ -974,6 +974,136 @@ def test_relabeled_goals_are_later_states_of_the_same_trajectory():
     assert all(np.array_equal(v, getattr(traj, k)) for k, v in before.items())  # the originals are untouched
 
 
+def test_side_camera_labels_are_the_experts_action_at_the_synthetic_state():
+    env, rng, truth = im.Road(64, 16, eps=0.2), np.random.default_rng(0), []
+
+    def expert(obs):  # records the true state (offset, turn, reading) of every demonstrated step
+        truth.append(np.stack([env.x, env.c, env.r], 1).copy())
+        return env.expert(obs)
+
+    demos = im.rollout(env, None, 16, rng, expert=expert, beta=1.0, seed=0)
+    truth = np.stack(truth, 1)[demos.mask]  # (N, 3), aligned with demos.pairs()
+    obs, labels = env.side_cameras(*demos.pairs(), k=2)
+    x = np.repeat([-2, -1, 1, 2], len(truth))  # the synthetic offsets, in the order side_cameras makes them
+    c, r = np.tile(truth[:, 1], 4), np.tile(truth[:, 2], 4)
+    assert np.array_equal(obs, im.road_features(env.lanes)[(x + env.lanes) * 3 + r + 1])  # the view from x
+    assert np.array_equal(labels[:, 0], np.clip(c - x, -2, 2))  # the expert at (x, c): back to the road
+    after = im.rollout(env, None, 16, rng, expert=env.expert, beta=1.0, seed=0)
+    assert np.array_equal(after.observations, demos.observations)  # synthesis touches neither env nor demos
+
+
+def test_augmented_states_are_labelled_by_the_expert_there():
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (100, 4)).astype(np.float32)  # [position, goal]
+
+    def expert(o):
+        out = np.zeros((len(o), 2))
+        im.goal_expert(o[:, :2].astype(f64), o[:, 2:].astype(f64), 0.1, out)
+        return out
+
+    synthetic, labels = im.augment(obs, expert, 0.1, 3, rng, columns=slice(0, 2))
+    assert synthetic.shape == (300, 4) and np.array_equal(synthetic[:, 2:], np.repeat(obs[:, 2:], 3, 0))
+    assert np.abs(synthetic[:, :2] - np.repeat(obs[:, :2], 3, 0)).max() > 0.1  # perturbed positions
+    assert np.allclose(labels, expert(synthetic), atol=1e-6)
+
+
+def test_active_dagger_queries_only_uncertain_states_and_is_reproducible():
+    env, threshold, queries = im.Road(64, 16, eps=0.05), 0.4, 100
+    demos = im.rollout(env, None, 16, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=1)
+
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        ensemble = im.Ensemble(im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng) for _ in range(3))
+        first = demos.pairs(where=np.arange(64)[:, None] < 8)
+        return im.active_dagger(ensemble, env, env.expert, *first, threshold, queries, tiny(rounds=3, horizon=16), rng)
+
+    result = run(0)
+    sizes = [len(result.obs) - sum(r["queries"] for r in result.log)] + [r["data"] for r in result.log]
+    assert all(0 < b - a <= queries for a, b in zip(sizes, sizes[1:]))  # a budget per round, and some queries
+    for i in range(1, 3):  # round i's queries were chosen by round i - 1's ensemble
+        added = result.obs[sizes[i] : sizes[i + 1]]
+        assert np.all(result.iterates[i - 1].uncertainty(added) > threshold)
+    again, other = run(0), run(1)
+    same = [np.array_equal(a.params, b.params) for a, b in zip(result.last.members, again.last.members)]
+    assert all(same) and not np.array_equal(result.last.members[0].params, other.last.members[0].params)
+
+
+def padded(traj, extra, rng):
+    """The same demonstrations with `extra` masked-out steps of finite junk appended."""
+    n, T1, O = traj.observations.shape
+    junk = rng.uniform(-5, 5, (n, extra, O)).astype(np.float32)
+    mask = np.concatenate([traj.mask, np.zeros((n, extra), bool)], 1)
+    return im.Trajectories(np.concatenate([traj.observations, junk], 1), None, None, mask)
+
+
+@pytest.mark.parametrize("head", ["l2", "gaussian", "autoregressive"])
+@pytest.mark.parametrize("time_stamp", [True, False])
+def test_one_shot_gradient_through_the_pooling_and_the_encoder_matches_central_differences(head, time_stamp):
+    rng, (P, K, T, O, E) = np.random.default_rng(0), (3, 4, 5, 2, 3)
+    cfg = im.OneShotConfig(horizon=T, time_stamp=time_stamp)
+    mask = np.arange(T)[None] < np.array([[5], [3], [1]])  # 5, 3 and 1 real steps: the rest is padding
+    demo, real = im.demo_features(
+        im.Trajectories(rng.uniform(-1, 1, (P, T + 1, O)).astype(np.float32), None, None, mask), cfg
+    )
+    encoder = im.MLP((demo.shape[2], 5, E), "tanh")
+    policy = im.Policy(make_heads()[head], O + E, rng, hidden=(6,), activation="tanh")
+    params, enc_params = policy.params.astype(f64), encoder.init(rng).astype(f64)
+    obs, actions = rng.uniform(-1, 1, (P, K, O)), rng.uniform(-0.9, 0.9, (P, K, 2))
+
+    def loss(p, e, grad, enc_grad):
+        policy.params = p
+        return im.one_shot_loss(
+            policy, encoder, e, demo.astype(f64), real, obs, actions, np.random.default_rng(1), grad, enc_grad
+        )
+
+    grad, enc_grad = np.full_like(params, np.nan), np.full_like(enc_params, np.nan)  # every entry is written
+    loss(params, enc_params, grad, enc_grad)
+    numeric = numerical_grad(lambda e: loss(params, e, np.empty_like(params), np.empty_like(e)), enc_params)
+    assert rel_err(enc_grad, numeric) < 1e-6  # through dL/dobs, the pooling and the encoder
+    numeric = numerical_grad(lambda p: loss(p, enc_params, np.empty_like(p), np.empty_like(enc_params)), params)
+    assert rel_err(grad, numeric) < 1e-6
+
+
+def test_a_demonstrations_embedding_does_not_depend_on_padding():
+    rng, env = np.random.default_rng(0), im.Goals(8, 20)
+    demos = im.rollout(env, None, 20, rng, expert=env.expert, beta=1.0, seed=0)
+    demos = im.Trajectories(demos.observations, None, None, demos.mask & (np.arange(20) < rng.integers(3, 20, (8, 1))))
+    encoder = im.MLP((3, 16, 4))
+    params = encoder.init(rng)
+    z, _ = im.encode_forward(encoder, params, *im.demo_features(demos))
+    z_padded, _ = im.encode_forward(encoder, params, *im.demo_features(padded(demos, 7, rng)))
+    assert np.allclose(z_padded, z, rtol=1e-6, atol=1e-7)
+    x, real = im.demo_features(demos)
+    for k in range(len(z)):  # the mean of phi over the real states, one demonstration at a time
+        assert np.allclose(z[k], im.mlp_forward(encoder, params, x[k][real[k]])[0].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_where_the_dynamics_are_invertible_bco_infers_the_true_actions():
+    """Exploration away from the walls: every transition is invertible, a = (s' - s) / dt."""
+    rng, env = np.random.default_rng(0), im.Goals(2560, 1, start=0.9)
+    inverse, policy = im.Policy(im.L2Head(2), 4, rng), im.Policy(im.L2Head(2), 2, rng)
+    demo_env = im.Goals(16, 20, start=0.5)
+    demos = im.rollout(demo_env, None, 20, rng, expert=demo_env.expert, beta=1.0, seed=1)
+
+    def explore(obs):
+        return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
+
+    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=1000, lr=1e-2), train=im.TrainConfig(steps=10))
+    assert im.bco(policy, inverse, env, demos.states_only(), explore, cfg, rng) == 2560
+    s, a, s_next = demos.transitions()
+    inside = np.all(np.abs(s_next) < 1, 1)  # a wall makes pushing and standing still look the same
+    inferred = inverse.act(np.concatenate([s, s_next], 1))
+    assert np.mean(np.linalg.norm(inferred - a, axis=1)[inside] <= 0.1) >= 0.95
+
+
+def test_state_only_demonstrations_round_trip(tmp_path):
+    traj = small_trajectories().states_only()
+    back = im.Trajectories.load(traj.save(tmp_path / "states.npz"))
+    assert back.actions is None and back.labels is None and np.array_equal(back.observations, traj.observations)
+    with pytest.raises(ValueError, match="states only"):
+        back.pairs(labels=False)
+
+
 @pytest.fixture(scope="module")
 def road_comparison():
     """BC, DAgger, HG-DAgger and DART on the road with the same budget of 3 x 128 x 16 expert labels."""
