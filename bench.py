@@ -30,71 +30,93 @@ def target(ok, text):
     return f"{'PASS' if ok else 'MISS'}  {text}"
 
 
-# ---- 1. compounding error ----
+# ---- 1. compounding error, and what each expert label buys ----
+
+ROAD = dict(eps=0.005, lanes=3)  # the reading of the turn errs with probability 0.005
+METHODS = ["bc", "bc_side_cameras", "dagger", "hg_dagger", "dart", "active_dagger"]
+ROUNDS, SIDE, MEMBERS, MEMBER_WIDTHS, QUERY_THRESHOLD, QUERY_SHARE = 4, 1, 4, (16, 16), 0.02, 16
+
+
+def road_method(name, T, budget, seed, rng, train):
+    """One method trained on the road at horizon T on about `budget` expert labels (synthetic ones count).
+    Returns the policy to evaluate (an interactive method's best iterate), the labels used, and the Result."""
+    n = max(budget // (ROUNDS * T), 1)  # rollouts per round: ROUNDS n T = budget labels
+    env, drive = im.Road(n, T, seed=seed, **ROAD), im.Road(4 * n, T, seed=seed, **ROAD)  # drive: labels on queries only
+    cfg = im.DaggerConfig(rounds=ROUNDS, horizon=T, train=train, val_seed=seed + 7)
+    policy = im.Policy(im.CategoricalHead(ROAD_MOVES), env.obs_dim, np.random.default_rng(seed))
+
+    def demos(labels):
+        demo_env = im.Road(max(labels // T, 1), T, seed=seed, **ROAD)
+        return demo_env, im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed + T).pairs()
+
+    if name in ("bc", "bc_side_cameras"):
+        demo_env, (obs, actions) = demos(budget if name == "bc" else budget // (1 + 2 * SIDE))
+        if name == "bc_side_cameras":  # 2 SIDE synthetic views of every demonstrated state, labelled by the expert
+            synthetic = demo_env.side_cameras(obs, actions, SIDE)
+            obs, actions = np.concatenate([obs, synthetic[0]]), np.concatenate([actions, synthetic[1]])
+        im.bc(policy, obs, actions, train, rng)
+        return policy, len(obs), None
+    if name == "dagger":
+        result = im.dagger(policy, env, env.expert, cfg, rng)
+    elif name == "dart":
+        result = im.dart(policy, env, env.expert, 0.5, cfg, rng)
+    elif name == "hg_dagger":  # from a quarter of the budget in demonstrations, then takeovers
+        result = im.hg_dagger(policy, drive, drive.expert, drive.unsafe, *demos(budget // 4)[1], cfg, rng)
+    else:  # active DAgger: from 1/32 of the budget in demonstrations, then at most 1/16 per round in queries. The
+        # learner errs only w.p. eps per step, so it drives 1024 episodes a round to find uncertain states; its
+        # members are narrow (16x16), since wide ones trained on the road alone agree off it (see the README)
+        heads = [
+            im.Policy(policy.head, env.obs_dim, np.random.default_rng(seed + k), hidden=MEMBER_WIDTHS)
+            for k in range(MEMBERS)
+        ]
+        first, queries, drive = (
+            demos(budget // 32)[1],
+            max(budget // QUERY_SHARE, 1),
+            im.Road(1024, T, seed=seed, **ROAD),
+        )
+        result = im.active_dagger(im.Ensemble(heads), drive, drive.expert, *first, QUERY_THRESHOLD, queries, cfg, rng)
+    return result.best, len(result.obs), result
 
 
 def compounding(seed, quick, figure):
-    """BC, DAgger (best iterate), HG-DAgger and DART on the road, each on the same budget of expert labels
-    at every horizon T; eps stays fixed across the sweep (it is the world's reading noise)."""
-    eps, lanes, rounds, budget = 0.005, 3, 4, 16384
-    horizons = [4, 8, 16, 32]
+    """Every method on the road, each on the same budget of expert labels at every horizon T; eps stays fixed
+    across the sweep (it is the world's reading noise)."""
+    budget, horizons = 16384, [4, 8, 16, 32]
     episodes = 1 << (14 if quick else 17)  # evaluation episodes per T, the same ones for every method
     train = im.TrainConfig(steps=150 if quick else 300, lr=3e-3)
     rng = np.random.default_rng(seed)
-    head = im.CategoricalHead(ROAD_MOVES)
-    names = ["bc", "dagger", "hg_dagger", "dart"]
-    out = {k: {"cost": [], "ci": [], "exact": [], "boot": [], "labels": []} for k in names}
-    alpha = 0.05 / (len(names) * len(horizons))  # Bonferroni: 95% for all (method, T) intervals at once
-    eps_hat, takeover_labels = [], []
+    out = {k: {"cost": [], "ci": [], "exact": [], "boot": [], "labels": []} for k in METHODS}
+    alpha = 0.05 / (len(METHODS) * len(horizons))  # Bonferroni: 95% for all (method, T) intervals at once
+    eps_hat, takeover_labels, table = [], [], im.road_features(ROAD["lanes"])
     for T in horizons:
-        n = budget // (rounds * T)  # rollouts per round; rounds * n * T = budget labels
-        env = im.Road(n, T, eps, lanes, seed=seed)
-        demo_env = im.Road(rounds * n, T, eps, lanes, seed=seed)
-        drive = im.Road(4 * n, T, eps, lanes, seed=seed)  # HG-DAgger's learner drives more: only takeovers cost labels
-        cfg = im.DaggerConfig(rounds=rounds, horizon=T, train=train, val_seed=seed + 7)
-        demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed + T)
-        policy = {k: im.Policy(head, env.obs_dim, np.random.default_rng(seed)) for k in names}
-        im.bc(policy["bc"], *demos.pairs(), train, rng)
-        first = demos.pairs(where=np.arange(rounds * n)[:, None] < n)  # HG-DAgger starts from one round of demos
-        results = {
-            "dagger": im.dagger(policy["dagger"], env, env.expert, cfg, rng),
-            "hg_dagger": im.hg_dagger(policy["hg_dagger"], drive, drive.expert, drive.unsafe, *first, cfg, rng),
-            "dart": im.dart(policy["dart"], env, env.expert, 0.5, cfg, rng),
-        }
-        best = {"bc": policy["bc"]} | {k: r.best for k, r in results.items()}
-        labels = {"bc": int(demos.mask.sum())} | {k: len(r.obs) for k, r in results.items()}
-        takeover_labels.append(len(results["hg_dagger"].obs) - len(first[0]))  # beyond its first round of demos
-        held_env = im.Road((1 << 20 if not quick else 1 << 15) // T, T, eps, lanes)  # fresh expert states per T
+        runs = {k: road_method(k, T, budget, seed, rng, train) for k in METHODS}
+        takeover_labels.append(runs["hg_dagger"][1] - budget // 4)  # beyond its demonstrations
+        held_env = im.Road((1 << 20 if not quick else 1 << 15) // T, T, **ROAD)  # fresh expert states per T
         held_out = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=seed + 99 + T)
         obs, label = held_out.pairs()
-        eps_hat.append(float(np.mean(np.abs(best["bc"].act(obs) - label) > 0.5)))  # BC's 0-1 error on expert states
-        evaluation = im.Road(episodes, T, eps, lanes)
-        for k in names:
-            cost = im.rollout(evaluation, best[k].act, T, rng, seed=seed + 1000 + T).total_cost  # common random numbers
+        eps_hat.append(float(np.mean(np.abs(runs["bc"][0].act(obs) - label) > 0.5)))  # BC's 0-1 error, expert states
+        evaluation = im.Road(episodes, T, **ROAD)
+        for k, (policy, labels, _) in runs.items():
+            cost = im.rollout(evaluation, policy.act, T, rng, seed=seed + 1000 + T).total_cost  # common random numbers
             ci, boot = im.bootstrap_ci(cost, rng, n_boot=4000)
-            exact = im.road_exact_cost(im.road_move_probs(best[k].act(env.table)), T, eps, lanes)[-1]
-            for key, value in (
-                ("cost", cost.mean()),
-                ("ci", ci),
-                ("exact", exact),
-                ("boot", boot),
-                ("labels", labels[k]),
-            ):
+            exact = im.road_exact_cost(im.road_move_probs(policy.act(table)), T, **ROAD)[-1]
+            for key, value in (("cost", cost.mean()), ("ci", ci), ("exact", exact), ("boot", boot), ("labels", labels)):
                 out[k][key].append(value)
-        say(f"  T = {T:>2}: " + "  ".join(f"{k} {out[k]['cost'][-1]:.4f}" for k in names))
+        say(f"  T = {T:>2}: " + "  ".join(f"{k} {out[k]['cost'][-1]:.4f}" for k in METHODS))
+    figure["road32"] = runs  # the largest budget of the next section's label curve
     e = float(np.mean(eps_hat))
     Ts = np.array(horizons, float)
     record = {
         "T": horizons,
         "eps": e,
-        "eps_reading": eps,
+        "eps_reading": ROAD["eps"],
         "eps_per_T": eps_hat,
         "bound_lecture": (e * Ts + 2 * e * Ts**2).tolist(),  # sum_t (eps + 2 eps t) = eps T^2 + 2 eps T <= this
         "bound_ross": (e * Ts**2).tolist(),  # Ross & Bagnell 2010: T^2 eps
         "tightrope": [float(sum(1 - (1 - e) ** t for t in range(1, T + 1))) for T in horizons],
         "methods": {},
     }
-    for k in names:
+    for k in METHODS:
         slopes = im.loglog_slope(Ts, np.stack(out[k]["boot"], 1))  # one slope per bootstrap replicate
         record["methods"][k] = {
             "cost": [float(c) for c in out[k]["cost"]],
@@ -110,22 +132,75 @@ def compounding(seed, quick, figure):
     return record
 
 
+def labels(seed, quick, figure):
+    """Cost against the expert labels each method used, on the road at T = 32 (section 1's runs are the largest
+    budget); and DAgger's own argument: per round, the total-variation distance between the learner's state
+    distribution (exact, by the forward recursion; the offset x, time-averaged) and its aggregated data's."""
+    T, budgets, lanes = 32, [256, 1024, 4096, 16384], ROAD["lanes"]
+    train, rng = im.TrainConfig(steps=150 if quick else 300, lr=3e-3), np.random.default_rng(seed + 1)
+    evaluation, table = im.Road(2048 if quick else 8192, T, **ROAD), im.road_features(lanes)
+    methods = {k: {"labels": [], "cost": [], "ci": []} for k in METHODS}
+    for budget in budgets:
+        for k in METHODS:
+            run = figure["road32"][k] if budget == budgets[-1] else road_method(k, T, budget, seed, rng, train)
+            cost = im.rollout(evaluation, run[0].act, T, rng, seed=seed + 2000).total_cost  # common random numbers
+            methods[k]["labels"].append(int(run[1]))
+            methods[k]["cost"].append(float(cost.mean()))
+            methods[k]["ci"].append(im.bootstrap_ci(cost, rng)[0].tolist())
+        say(f"  budget {budget:>5}: " + "  ".join(f"{k} {methods[k]['cost'][-1]:.3f}" for k in METHODS))
+    result, tv = figure["road32"]["dagger"][2], []
+    for policy, entry in zip(result.iterates, result.log):
+        _, d = im.road_exact_cost(im.road_move_probs(policy.act(table)), T, **ROAD, distribution=True)
+        data = result.obs[: entry["data"]]  # the aggregated data this iterate was trained on
+        x = (data[:, 3 : 3 + lanes].sum(1) - data[:, 3 + lanes :].sum(1)).astype(int)  # offsets, from the thermometer
+        tv.append(float(0.5 * np.abs(d.mean(0) - np.bincount(x + lanes, minlength=2 * lanes + 1) / len(x)).sum()))
+    figure["labels"] = {"T": T, "budgets": budgets, "methods": methods, "dagger_tv": tv}
+    return figure["labels"]
+
+
+def report_labels(r):
+    say(f"\n  cost at T = {r['T']} (95% CI) against the expert labels used, at budgets {r['budgets']}")
+    for k, m in r["methods"].items():
+        cells = [f"{n:>6} {c:.3f} [{lo:.3f}, {hi:.3f}]" for n, c, (lo, hi) in zip(m["labels"], m["cost"], m["ci"])]
+        say(f"  {k:<16}" + "  ".join(cells))
+    say(
+        "  DAgger per round, TV(learner's offsets, aggregated data's): " + ", ".join(f"{x:.3f}" for x in r["dagger_tv"])
+    )
+    m = r["methods"]
+    dagger_cost, dagger_labels = m["dagger"]["cost"][-1], m["dagger"]["labels"][-1]
+    reached = [n for n, c in zip(m["active_dagger"]["labels"], m["active_dagger"]["cost"]) if c <= 1.1 * dagger_cost]
+    bc_move = abs(m["bc"]["cost"][-1] - m["bc"]["cost"][0]) / m["bc"]["cost"][0]
+    tv = r["dagger_tv"]
+    return [
+        target(
+            bool(reached) and reached[0] <= dagger_labels / 4,
+            f"active DAgger within 10% of DAgger's cost {dagger_cost:.3f} with {reached[0] if reached else '-'} labels "
+            f"(<= a quarter of DAgger's {dagger_labels})",
+        ),
+        target(tv[-1] < tv[0], f"DAgger's TV distance to its own data shrinks: {tv[0]:.3f} -> {tv[-1]:.3f}"),
+        target(
+            bc_move < 0.25,
+            f"64x more demonstrations move BC's cost by {bc_move:.0%} (< 25%): more of the same does not cure it",
+        ),
+    ]
+
+
 def report_compounding(r):
     say(f"\n  eps = {r['eps']:.4f}: BC's 0-1 error on held-out expert states (reading error {r['eps_reading']})")
-    names = "".join(f"{k:>11}" for k in r["methods"])
-    say(f"  {'T':>4} {'eps T + 2 eps T^2':>18} {'T^2 eps':>9} {'tightrope':>10}   {names}")
+    names = "".join(f"{k.replace('_', ' ')[:10]:>11}" for k in r["methods"])
+    say(f"  {'T':>4} {'eps T + 2 eps T^2':>18} {'T^2 eps':>9} {'tightrope':>10}  {names}")
     for i, T in enumerate(r["T"]):
         costs = "".join(f"{m['cost'][i]:>11.4f}" for m in r["methods"].values())
-        say(f"  {T:>4} {r['bound_lecture'][i]:>18.4f} {r['bound_ross'][i]:>9.4f} {r['tightrope'][i]:>10.4f}   {costs}")
-    say(f"\n  {'method':<10} {'T':>3} {'cost J':>8} {'95% CI':>18} {'exact J':>8}")
+        say(f"  {T:>4} {r['bound_lecture'][i]:>18.4f} {r['bound_ross'][i]:>9.4f} {r['tightrope'][i]:>10.4f}  {costs}")
+    say(f"\n  {'method':<16} {'T':>3} {'cost J':>8} {'95% CI':>18} {'exact J':>8}")
     for k, m in r["methods"].items():
         for i, T in enumerate(r["T"]):
             lo, hi = m["ci"][i]
-            say(f"  {k:<10} {T:>3} {m['cost'][i]:>8.4f} [{lo:>7.4f}, {hi:>7.4f}] {m['exact'][i]:>8.4f}")
-    say(f"\n  {'method':<10} {'log-log slope':>14} {'95% CI':>16} {'expert labels':>14}")
+            say(f"  {k:<16} {T:>3} {m['cost'][i]:>8.4f} [{lo:>7.4f}, {hi:>7.4f}] {m['exact'][i]:>8.4f}")
+    say(f"\n  {'method':<16} {'log-log slope':>14} {'95% CI':>16} {'expert labels':>14}")
     for k, m in r["methods"].items():
         lo, hi = m["slope_ci"]
-        say(f"  {k:<10} {m['slope']:>14.2f} [{lo:>6.2f},{hi:>6.2f}] {m['expert_labels']:>14}")
+        say(f"  {k:<16} {m['slope']:>14.2f} [{lo:>6.2f},{hi:>6.2f}] {m['expert_labels']:>14}")
     hg = r["methods"]["hg_dagger"]
     takeover = hg["takeover_labels_per_T"]
     demos = hg["expert_labels_per_T"][-1] - takeover[-1]
@@ -145,6 +220,10 @@ def report_compounding(r):
         target(below, "BC's measured cost below eps T + 2 eps T^2 and T^2 eps at every T"),
         target(inside_all, f"exact J in simultaneous 95% intervals at all (method, T); {inside}/{len(pairs)} in plain"),
         target(hg_reaches and fewer, "HG-DAgger reaches DAgger's cost (within 10% at the longest T) with fewer labels"),
+        target(
+            m["bc_side_cameras"]["slope"] <= 1.3,
+            f"BC with side cameras: slope {m['bc_side_cameras']['slope']:.2f} <= 1.3 (no interactive expert)",
+        ),
     ]
 
 
@@ -568,10 +647,11 @@ def plot(record, figure, path):
 SECTIONS = [  # JSON key, title, run(seed, quick, figure) -> record, report(record) -> target lines
     (
         "bounds",
-        "Compounding error on the road: BC against DAgger, HG-DAgger and DART at one label budget",
+        "Compounding error on the road: six ways to get data, one label budget",
         compounding,
         report_compounding,
     ),
+    ("labels", "What each expert label buys: cost against labels on the road", labels, report_labels),
     ("multimodal", "Expressive heads on the tree's bimodal demonstrations", multimodal, report_multimodal),
     ("memory", "Latent variables and memory: causal confusion and a non-Markovian expert", memory, report_memory),
     ("hindsight", "Hindsight relabeling on the goal task", hindsight, report_hindsight),

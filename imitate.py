@@ -355,6 +355,14 @@ class Head:
     def policy_mode(self, net, params, obs):
         return self.mode(mlp_forward(net, params, obs)[0])
 
+    def policy_mean(self, net, params, obs, samples=32):
+        """E[a | s]: exact for an output head with a mean(out); else the average of `samples` draws from a
+        generator seeded with 0, the same draws for every policy (common random numbers)."""
+        if hasattr(self, "mean"):
+            return self.mean(mlp_forward(net, params, obs)[0])
+        rng = np.random.default_rng(0)
+        return np.mean([self.policy_sample(net, params, obs, rng) for _ in range(samples)], 0)
+
 
 class L2Head(Head):
     """The lecture's "version 0": a deterministic policy trained by squared error.
@@ -378,6 +386,9 @@ class L2Head(Head):
         return out.copy()
 
     def mode(self, out):
+        return out.copy()
+
+    def mean(self, out):
         return out.copy()
 
 
@@ -414,6 +425,9 @@ class GaussianHead(Head):
 
     def mode(self, out):
         return out[:, : self.action_dim].copy()
+
+    def mean(self, out):
+        return self.mode(out)
 
 
 class MixtureHead(Head):
@@ -465,6 +479,10 @@ class MixtureHead(Head):
         logits, mu, _, _ = self.split(out)
         return mu[np.arange(len(mu)), logits.argmax(1)]  # the mean of the heaviest component
 
+    def mean(self, out):
+        logits, mu, _, _ = self.split(out)
+        return (np.exp(log_softmax(logits))[:, :, None] * mu).sum(1)  # sum_k w_k mu_k
+
 
 def categorical_nll(logits, i):
     """l_b = -log softmax(logits_b)[i_b] (B,) and dl_b/dlogits_b = softmax - onehot (B, C)."""
@@ -502,6 +520,9 @@ class CategoricalHead(Head):
 
     def mode(self, out):
         return self.values[out.argmax(1)]
+
+    def mean(self, out):
+        return np.exp(log_softmax(out)) @ self.values  # sum_c p_c value_c
 
 
 class AutoregressiveHead(Head):
@@ -825,6 +846,11 @@ class Policy:
         """The deterministic action: the head's mean or mode."""
         self.check(obs)
         return self.head.policy_mode(self.net, self.params, obs)
+
+    def mean(self, obs):
+        """The mean action E[a | s] (for a multimodal head, not an action the policy would take)."""
+        self.check(obs)
+        return self.head.policy_mean(self.net, self.params, obs)
 
     def copy(self):
         new = object.__new__(Policy)
@@ -1587,7 +1613,7 @@ def _seed(rng):
 
 class Ensemble:
     """K policies, each trained on its own bootstrap resample of the data (query by committee). The first
-    member acts; the spread of the members' deterministic actions measures how unsure the learner is."""
+    member acts; the spread of the members' mean actions measures how unsure the learner is."""
 
     def __init__(self, members):
         self.members = list(members)
@@ -1601,8 +1627,10 @@ class Ensemble:
         return self.members[0].sample(obs, rng)
 
     def uncertainty(self, obs):
-        """sqrt(sum_d Var_k a_kd): the spread of the members' actions at each observation (B,)."""
-        a = np.stack([m.act(obs) for m in self.members])  # (K, B, A)
+        """sqrt(sum_d Var_k E_k[a_d | s]) (B,): the spread of the members' mean actions, the epistemic part of the
+        ensemble's variance (Var a = E_k Var_k a + Var_k E_k a). Means, not modes: members that all pick the same
+        argmax can still disagree on how sure they are, which is where they have seen no data."""
+        a = np.stack([m.mean(obs) for m in self.members])  # (K, B, A)
         return np.sqrt(a.var(0).sum(1))
 
     def copy(self):

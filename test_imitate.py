@@ -190,6 +190,15 @@ def test_gradient_wrt_observations_matches_central_differences(name):
     assert rel_err(loss(obs, True)[1], numerical_grad(lambda o: loss(o)[0], obs)) < 1e-6
 
 
+@pytest.mark.parametrize("name", list(make_heads()))
+def test_mean_action_is_the_average_of_samples(name):
+    rng = np.random.default_rng(0)
+    policy = im.Policy(make_heads()[name], 3, rng, hidden=(8,))
+    obs = np.repeat(rng.standard_normal((2, 3)).astype(np.float32), 20000, 0)
+    samples = policy.sample(obs, rng).reshape(2, 20000, -1)
+    assert np.allclose(policy.mean(obs[::20000]), samples.mean(1), atol=0.05)
+
+
 def test_cvae_kl_term_equals_its_closed_form():
     """KL(N(mu, sigma^2) || N(0, 1)) = 1/2 sum (mu^2 + sigma^2 - 1 - 2 log sigma), checked against a Monte Carlo
     estimate of E_q[log q(z) - log p(z)], through the head's own loss (beta scales exactly this term)."""
