@@ -198,7 +198,7 @@ def test_mean_action_is_the_average_of_samples(name):
     samples = policy.sample(obs, rng).reshape(2, 20000, -1)
     draws = np.inf if hasattr(policy.head, "mean") else 32  # exact, or the mean of 32 common draws
     se = samples.std(1).max() * np.sqrt(1 / 20000 + 1 / draws)  # the standard error of the gap
-    assert np.allclose(policy.mean(obs[::20000]), samples.mean(1), atol=5 * se)
+    assert np.allclose(policy.mean(obs[::20000]), samples.mean(1), atol=5 * se + 1e-5)
 
 
 def test_cvae_kl_term_equals_its_closed_form():
