@@ -195,7 +195,7 @@ def test_mean_action_is_the_average_of_samples(name):
     rng = np.random.default_rng(0)
     policy = im.Policy(make_heads()[name], 3, rng, hidden=(8,))
     obs = np.repeat(rng.standard_normal((2, 3)).astype(np.float32), 20000, 0)
-    samples = policy.sample(obs, rng).reshape(2, 20000, -1)
+    samples = policy.sample(obs, rng).reshape(2, 20000, -1).astype(f64)
     draws = np.inf if hasattr(policy.head, "mean") else 32  # exact, or the mean of 32 common draws
     se = samples.std(1).max() * np.sqrt(1 / 20000 + 1 / draws)  # the standard error of the gap
     assert np.allclose(policy.mean(obs[::20000]), samples.mean(1), atol=5 * se + 1e-5)
