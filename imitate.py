@@ -563,10 +563,11 @@ class AutoregressiveHead(Head):
         x = np.concatenate([self.inputs(obs, self.centres(k), d) for d in range(A)])  # (A B, O + 2A)
         out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
         l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins; rows (d, b)
-        l = l.reshape(A, B)  # l_b = -sum_d log p(k_bd | k_b<d, s_b)
-        scale = example_weights(w, l.sum(0))
+        # l_b = -sum_d log p(k_bd | k_b<d, s_b) + sum_d log width_d = -log p(a_b | s_b), as in policy_log_prob
+        l = l.reshape(A, B).sum(0) + np.log((self.high - self.low) / self.n_out).sum()
+        scale = example_weights(w, l)
         dx = mlp_backward(net, params, dl * np.tile(scale, A)[:, None], cache, grad, obs_grad)
-        loss = float(scale @ l.sum(0))
+        loss = float(scale @ l)
         return loss, None if dx is None else dx.reshape(A, B, -1)[:, :, : obs.shape[1]].sum(0)
 
     def log_prob_bins(self, net, params, obs, k):
@@ -983,11 +984,12 @@ def tree_step(pos, side, expert, action, u, reset, radius, goal_y, dt, tol, star
 
 
 @njit(cache=True)
-def goal_step(pos, goal, expert, action, u, reset, dt, radius, tol, start, play):
+def goal_step(pos, goal, expert, action, u, reset, dt, radius, tol, start, play, task, speed):
     """One step of n point masses in the arena [-1, 1]^2 that should end within radius of their goal,
     in place. Rows with reset[i] start uniformly in [-start, start]^2 with a goal uniform in the arena;
     in play mode a goal, once reached, is replaced by a new one (the expert wanders). expert (n, 2) holds
-    pi*(s). Returns costs 1[||a - pi*(s)|| > tol] and success (within radius of the goal)."""
+    pi*(s) (at most `speed` per axis). Returns costs, 1[||a - pi*(s)|| > tol] or with task=True the task's
+    own 1[away from the goal after the step], and success (within radius of the goal)."""
     n = pos.shape[0]
     cost, success = np.zeros(n, np.float32), np.zeros(n, np.bool_)
     for i in range(n):
@@ -999,19 +1001,21 @@ def goal_step(pos, goal, expert, action, u, reset, dt, radius, tol, start, play)
             cost[i] = 1.0 if math.sqrt((ax - expert[i, 0]) ** 2 + (ay - expert[i, 1]) ** 2) > tol else 0.0
             pos[i, 0] = min(max(pos[i, 0] + dt * ax, -1.0), 1.0)
             pos[i, 1] = min(max(pos[i, 1] + dt * ay, -1.0), 1.0)
+            if task:  # the task's cost, which can tell a better policy than the expert
+                cost[i] = 0.0 if (pos[i, 0] - goal[i, 0]) ** 2 + (pos[i, 1] - goal[i, 1]) ** 2 < radius**2 else 1.0
             if play and (pos[i, 0] - goal[i, 0]) ** 2 + (pos[i, 1] - goal[i, 1]) ** 2 < radius**2:
                 goal[i, 0], goal[i, 1] = 2 * u[i, 2] - 1, 2 * u[i, 3] - 1
         success[i] = (pos[i, 0] - goal[i, 0]) ** 2 + (pos[i, 1] - goal[i, 1]) ** 2 < radius**2
-    goal_expert(pos, goal, dt, expert)
+    goal_expert(pos, goal, dt, speed, expert)
     return cost, success
 
 
 @njit(cache=True)
-def goal_expert(pos, goal, dt, expert):
-    """pi*(s) into expert (n, 2): straight for the goal, as fast as the bounds [-1, 1] allow."""
+def goal_expert(pos, goal, dt, speed, expert):
+    """pi*(s) into expert (n, 2): straight for the goal, at most `speed` per axis (the bounds allow 1)."""
     for i in range(pos.shape[0]):
         for j in range(2):
-            expert[i, j] = min(max((goal[i, j] - pos[i, j]) / dt, -1.0), 1.0)
+            expert[i, j] = min(max((goal[i, j] - pos[i, j]) / dt, -speed), speed)
 
 
 class VectorEnv:
@@ -1195,15 +1199,22 @@ class Goals(VectorEnv):
     arena; the observation is the position (2) and info["goal"] the goal. Actions: velocity in [-1, 1]^2,
     dt = 0.1. With play=True the expert wanders from random goal to random goal: data for hindsight relabeling.
     reset(options={"goals": (n, 2)}) sets the goals; start sets the half-width of the start square;
-    observe_goal=True makes the observation [position, goal] (4), for goal-conditioned policies."""
+    observe_goal=True makes the observation [position, goal] (4), for goal-conditioned policies. For RL,
+    cost="task" replaces the imitation cost by 1[away from the goal] per step, and speed < 1 makes the
+    expert deliberately slow (it moves at most `speed` per axis and step, the bounds allow 1)."""
 
     action_dim = 2
     dt, radius, tol = 0.1, 0.1, 0.1
 
-    def __init__(self, num_envs=256, horizon=30, play=False, start=0.5, observe_goal=False, seed=0):
+    def __init__(
+        self, num_envs=256, horizon=30, play=False, start=0.5, observe_goal=False, cost="expert", speed=1.0, seed=0
+    ):
         super().__init__(num_envs, horizon, seed)
         if not 0 <= start <= 1:
             raise ValueError(f"start must lie in [0, 1], got {start}")
+        if cost not in ("expert", "task") or not 0 < speed <= 1:
+            raise ValueError(f"need cost 'expert' or 'task' and speed in (0, 1], got {cost!r}, {speed}")
+        self.task, self.speed = cost == "task", float(speed)
         self.play, self.start, self.observe_goal = bool(play), float(start), bool(observe_goal)
         self.pos, self.goal, self.obs_dim = (
             np.zeros((self.num_envs, 2)),
@@ -1215,12 +1226,12 @@ class Goals(VectorEnv):
         _, info = super().reset(seed)
         if options and "goals" in options:
             self.goal[:] = check_array("options['goals']", np.asarray(options["goals"], np.float64), (self.num_envs, 2))
-            goal_expert(self.pos, self.goal, self.dt, self.expert_action)
+            goal_expert(self.pos, self.goal, self.dt, self.speed, self.expert_action)
         return self.observe(), {**info, "goal": self.goal.astype(np.float32)}
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 4))
-        args = (self.dt, self.radius, self.tol, self.start, self.play)
+        args = (self.dt, self.radius, self.tol, self.start, self.play, self.task, self.speed)
         cost, success = goal_step(self.pos, self.goal, self.expert_action, actions, u, reset, *args)
         return cost, np.zeros(self.num_envs, bool), {"success": success, "goal": self.goal.astype(np.float32)}
 
@@ -1816,6 +1827,131 @@ def one_shot_actor(policy, encoder, enc_params, demo, cfg=OneShotConfig()):
     """The policy conditioned on one demonstration per env row (Trajectories with n rows): obs -> pi([s, z])."""
     z, _ = encode_forward(encoder, enc_params, *demo_features(demo, cfg))
     return lambda obs: policy.act(np.concatenate([obs, z.astype(np.float32)], 1))
+
+
+# ---- imitation and RL ----
+# The policy gradient reuses every head's weighted loss L = 1/B sum_i w_i l_i with l_i = -log pi(a_i | s_i):
+# w = advantages gives grad J = E[sum_t grad log pi(a_t | s_t) A_t], and PPO's clipped surrogate is the weight
+# w_i = A_i ratio_i where the ratio is inside the clip range, 0 outside. No head needs a second set of gradients.
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO-clip with GAE(lambda); each iteration rolls out every sub-environment once."""
+
+    iterations: int = 40  # rollout-then-update rounds: env steps = iterations x num_envs x horizon
+    horizon: int = 30  # steps per rollout; a row still running there is bootstrapped with V(s_T)
+    gamma: float = 0.99  # discount
+    lam: float = 0.95  # GAE's lambda: 0 is the one-step TD error, 1 the Monte Carlo return minus V
+    clip: float = 0.2  # the ratio pi / pi_old is trusted within [1 - clip, 1 + clip]
+    epochs: int = 4  # passes over each batch
+    minibatches: int = 4  # per pass
+    lr: float = 3e-4  # the policy's Adam step size
+    max_grad_norm: float = 0.5  # clip the policy gradient's global norm
+    entropy: float = 0.0  # alpha of the soft reward r - alpha log pi(a | s): an entropy bonus paid as reward
+    value: TrainConfig = TrainConfig(steps=60, lr=1e-3, cosine=False)  # the critic's bc after each iteration
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t); rewards, mask (n, T),
+    values (n, T+1). A row alive at T was cut off by the horizon and V(s_T) bootstraps it; a row that ended
+    earlier terminated (the toy world's episodes end only at the horizon, or by terminating)."""
+    live = np.concatenate([mask[:, 1:], np.ones_like(mask[:, :1])], 1)  # (n, T): s_{t+1} continues the episode
+    adv, running = np.zeros_like(rewards), np.zeros(len(rewards), rewards.dtype)
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * live[:, t] * values[:, t + 1] - values[:, t]  # the TD error
+        running = delta + gamma * lam * live[:, t] * running  # A_t = delta_t + gamma lam A_{t+1}
+        adv[:, t] = running
+    return adv * mask
+
+
+def clipped_weights(l_old, A, clip):
+    """PPO's L = -1/B sum_i min(ratio_i A_i, clip(ratio_i, 1 - eps, 1 + eps) A_i), ratio = pi / pi_old =
+    exp(l_old - l), as weights on the heads' losses l = -log pi: dL = 1/B sum_i w_i dl_i with w_i = A_i ratio_i
+    where the min follows ratio A, and 0 where it is flat (clipped). A function of l, as weigh allows."""
+
+    def w(l):
+        ratio = np.exp(l_old - l)  # d(-ratio A) = A ratio dl
+        return A * ratio * np.where(A > 0, ratio < 1 + clip, ratio > 1 - clip)
+
+    return w
+
+
+def ppo(policy, env, cfg=PPOConfig(), rng=None, reward=None, value=None, evaluate=None):
+    """PPO (Schulman et al. 2017), in place on policy.params. Each iteration: roll out every sub-environment
+    with sampled actions, score the steps by GAE(lambda) against the critic, take epochs x minibatches clipped
+    steps, then refit the critic (a Policy(L2Head(1), O), trained by bc on A + V). reward(traj) -> (n, T)
+    replaces the env's r = -cost (shaping, GAIL); evaluate(policy) -> dict is logged after every iteration.
+    Needs a head with a stochastic policy and an exact log-likelihood. Returns the log, a dict per iteration."""
+    rng = _generator(rng)
+    if isinstance(policy.head, (L2Head, DiffusionHead, CVAEHead)):
+        raise ValueError(
+            "ppo needs a stochastic head with an exact log-likelihood: Gaussian, mixture, categorical or autoregressive"
+        )
+    value = Policy(L2Head(1), policy.obs_dim, rng) if value is None else value
+    opt, grad, log = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm), np.empty_like(policy.params), []
+    for it in range(_positive_int("iterations", cfg.iterations)):
+        traj = rollout(env, lambda o: policy.sample(o, rng), cfg.horizon, rng, seed=_seed(rng))  # pi acts
+        obs, mask = traj.observations, traj.mask  # (n, T+1, O), (n, T)
+        (n, T), O = mask.shape, obs.shape[2]
+        s, a = obs[:, :-1][mask], traj.actions[mask]  # (B, O), (B, A): the real steps
+        l_old = -policy.log_prob(s, a)  # l = -log pi_old(a | s), fixed during the update
+        r = -traj.costs if reward is None else reward(traj) * mask  # (n, T); RL: the reward, not the expert
+        r[mask] += cfg.entropy * l_old  # soft RL: r - alpha log pi(a | s)
+        v = value.act(obs.reshape(-1, O)).reshape(n, T + 1)  # V(s_t)
+        adv = gae(r, v, mask, cfg.gamma, cfg.lam)
+        A, target = adv[mask], (adv + v[:, :-1])[mask]  # (B,): the advantages and the critic's targets
+        A = (A - A.mean()) / (A.std() + 1e-8)
+        for epoch in range(cfg.epochs):
+            for i in np.array_split(rng.permutation(len(s)), cfg.minibatches):
+                w = clipped_weights(l_old[i], A[i], cfg.clip)  # PPO: the head's own loss, reweighted
+                loss, _ = policy.head.policy_loss(policy.net, policy.params, s[i], a[i], rng, grad, w, policy.workspace)
+                adam_step(opt, policy.params, grad, loss, f"ppo: iteration {it}, epoch {epoch}")
+        bc(value, s, target[:, None], cfg.value, rng)
+        notes = dict(iteration=it + 1, env_steps=(it + 1) * int(mask.sum()), reward=float((r * mask).sum(1).mean()))
+        log.append(notes | dict(cost=float(traj.total_cost.mean())) | (evaluate(policy) if evaluate else {}))
+    return log
+
+
+def shaped_reward(bc_policy, lam, low=-1.0, high=1.0):
+    """r + lam log pi_BC(a | s) with r = -cost: BC as a reward term (pi_BC frozen), a pull towards the
+    demonstrations. The density is taken at the executed action, clipped to the env's bounds [low, high]."""
+
+    def reward(traj):
+        (n, T, A), O = traj.actions.shape, traj.observations.shape[2]
+        s, a = traj.observations[:, :-1].reshape(n * T, O), np.clip(traj.actions, low, high).reshape(n * T, A)
+        return -traj.costs + lam * bc_policy.log_prob(s, a).reshape(n, T)
+
+    return reward
+
+
+def gail_reward(D, obs, actions):
+    """r = -log(1 - D(s, a)) = -log p(class 0 | [s, a]), D = p(class 1) = P("expert"); obs (n, T, O) -> (n, T)."""
+    n, T, _ = obs.shape
+    x = np.concatenate([obs, actions], 2).reshape(n * T, -1)
+    return -D.log_prob(x, np.zeros((n * T, 1), np.float32)).reshape(n, T)
+
+
+def gail(policy, env, obs, actions, cfg=PPOConfig(), disc=TrainConfig(steps=40, cosine=False), rng=None, evaluate=None):
+    """GAIL (Ho & Ermon 2016): min_pi max_D E_expert[log D] + E_pi[log(1 - D)]. The discriminator D is a
+    Policy(CategoricalHead([0, 1]), O + A) on [s, a] (two classes: logistic regression on the logit
+    difference), refit by bc before each policy update on as many expert pairs (label 1) as the rollout's
+    (label 0); PPO maximises r = -log(1 - D(s, a)). obs, actions: the demonstrations. GAIL's objective has an
+    entropy term, cfg.entropy: a learner more deterministic than the demonstrator makes D rate the
+    demonstrator's rare actions above its common ones. Returns D (the learned reward) and PPO's log."""
+    rng = _generator(rng)
+    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
+    D = Policy(CategoricalHead([0, 1]), obs.shape[1] + actions.shape[1], rng)
+    expert = np.concatenate([obs, actions], 1)  # (N, O + A)
+
+    def reward(traj):
+        learner = np.concatenate([traj.observations[:, :-1], traj.actions], 2)[traj.mask]  # (B, O + A)
+        x = np.concatenate([expert[rng.integers(0, len(expert), len(learner))], learner])  # balanced
+        y = np.repeat(np.float32([[1], [0]]), len(learner), 0)  # 1: expert, 0: learner
+        bc(D, x, y, disc, rng)  # GAIL: the discriminator's step
+        return gail_reward(D, traj.observations[:, :-1], traj.actions)
+
+    return D, ppo(policy, env, cfg, rng, reward=reward, evaluate=evaluate)
 
 
 # ---- evaluation ----

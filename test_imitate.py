@@ -572,7 +572,8 @@ def kernel_inputs(kind, n, seed):
     expert, action = rng.uniform(-1, 1, (n, 2)), rng.uniform(-2, 2, (n, 2))
     if kind == "tree":
         return im.tree_step, (*args, expert, action, u[:, :2], reset, 0.3, 1.0, 0.1, 0.1, 0.05)
-    return im.goal_step, (*args, expert, action, u[:, :4], reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2))
+    task, speed = bool(seed % 3 == 0), 0.5 if seed % 5 == 0 else 1.0
+    return im.goal_step, (*args, expert, action, u[:, :4], reset, 0.1, 0.1, 0.1, 0.5, bool(seed % 2), task, speed)
 
 
 def copy_args(args):
@@ -1009,7 +1010,7 @@ def test_augmented_states_are_labelled_by_the_expert_there():
 
     def expert(o):
         out = np.zeros((len(o), 2))
-        im.goal_expert(o[:, :2].astype(f64), o[:, 2:].astype(f64), 0.1, out)
+        im.goal_expert(o[:, :2].astype(f64), o[:, 2:].astype(f64), 0.1, 1.0, out)
         return out
 
     synthetic, labels = im.augment(obs, expert, 0.1, 3, rng, columns=slice(0, 2))
@@ -1190,6 +1191,116 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
         policy = im.dart(policy, env, env.expert, 0.5, cfg, rng).best
     cost = lambda act: im.rollout(env, act, 8, rng, seed=3).total_cost.mean()  # noqa: E731
     assert cost(policy.act) < 0.5 * cost(lambda o: rng.integers(-2, 3, (len(o), 1)).astype(np.float32))
+
+
+# ---- imitation and RL ----
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixture", "categorical", "autoregressive"])
+def test_ppo_weights_give_the_clipped_surrogates_gradient(name):
+    """grad of 1/B sum w_i l_i with w = clipped_weights equals grad of -1/B sum min(ratio A, clip(ratio) A)."""
+    rng, head = np.random.default_rng(0), make_heads()[name]
+    policy = im.Policy(head, 3, rng, hidden=(8,))
+    params, obs = policy.params.astype(f64), rng.standard_normal((32, 3))
+    a = policy.sample(obs.astype(np.float32), rng).astype(f64)
+    l_old = -head.policy_log_prob(policy.net, params, obs, a) + rng.uniform(-0.4, 0.4, 32)  # some ratios clipped
+    A = rng.standard_normal(32)
+
+    def surrogate(p):
+        ratio = np.exp(l_old + head.policy_log_prob(policy.net, p, obs, a))
+        return -np.mean(np.minimum(ratio * A, np.clip(ratio, 0.8, 1.2) * A))
+
+    grad = np.empty_like(params)
+    head.policy_loss(policy.net, params, obs, a, rng, grad, im.clipped_weights(l_old, A, 0.2))
+    assert rel_err(grad, numerical_grad(surrogate, params)) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(make_heads()))
+def test_equal_weights_give_bcs_gradient_times_the_weight(name):
+    rng, head = np.random.default_rng(0), make_heads()[name]
+    policy = im.Policy(head, 3, rng, hidden=(8,))
+    obs, a = rng.standard_normal((16, 3)).astype(np.float32), rng.uniform(-0.9, 0.9, (16, 2)).astype(np.float32)
+    bc_loss, bc_grad = policy.loss(obs, a, np.random.default_rng(1))
+    loss, grad = policy.loss(obs, a, np.random.default_rng(1), weights=np.full(16, 2.5, np.float32))
+    assert loss == pytest.approx(2.5 * bc_loss, rel=1e-5) and np.allclose(grad, 2.5 * bc_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_gae_reduces_to_the_return_and_to_the_td_error():
+    """lambda = 1: the discounted return-to-go (bootstrapped at the horizon) minus V; lambda = 0: the TD error.
+    A row that terminated early gets no bootstrap."""
+    rng, (n, T, gamma) = np.random.default_rng(1), (5, 7, 0.9)
+    r, v = rng.standard_normal((n, T)), rng.standard_normal((n, T + 1))
+    mask = np.ones((n, T), bool)
+    mask[0, 4:] = False  # row 0 terminated after 4 steps
+    r *= mask
+    g, returns = np.where(mask[:, -1], v[:, -1], 0), np.zeros((n, T))
+    for t in reversed(range(T)):
+        g = np.where(mask[:, t], r[:, t] + gamma * g, 0)
+        returns[:, t] = g
+    assert np.allclose(im.gae(r, v, mask, gamma, 1.0), (returns - v[:, :-1]) * mask)
+    live = np.concatenate([mask[:, 1:], np.ones((n, 1), bool)], 1)
+    assert np.allclose(im.gae(r, v, mask, gamma, 0.0), (r + gamma * live * v[:, 1:] - v[:, :-1]) * mask)
+
+
+class Bandit:
+    """A one-step bandit as a vector env: arm 1 pays 1, arm 0 pays 0; every episode is one step."""
+
+    def __init__(self, num_envs=64):
+        self.num_envs, self.obs_dim = num_envs, 1
+
+    def reset(self, seed=None, options=None):
+        return np.zeros((self.num_envs, 1), np.float32), {}
+
+    def step(self, actions):
+        done = np.ones(self.num_envs, bool)
+        return np.zeros((self.num_envs, 1), np.float32), (actions[:, 0] == 1).astype(f64), done, ~done, {}
+
+
+def test_ppo_moves_probability_to_the_better_arm():
+    rng = np.random.default_rng(0)
+    policy = im.Policy(im.CategoricalHead([0, 1]), 1, rng, hidden=(8,))
+    p_better = lambda: np.exp(policy.log_prob(np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)))[0]  # noqa: E731
+    before = p_better()
+    im.ppo(policy, Bandit(), im.PPOConfig(iterations=20, horizon=1, lr=1e-2), rng)
+    assert before < 0.7 and p_better() > 0.95
+
+
+def test_the_task_cost_counts_steps_away_from_the_goal_and_the_slow_expert_is_slow():
+    env = im.Goals(64, 30, observe_goal=True, cost="task", speed=0.5)
+    traj = im.rollout(env, None, 30, np.random.default_rng(2), expert=env.expert, beta=1.0, seed=3)
+    pos, goal = traj.observations[:, 1:, :2], traj.observations[:, 1:, 2:]
+    assert np.abs(traj.actions).max() <= 0.5 and traj.success.all()
+    assert np.array_equal(traj.costs, (np.linalg.norm(pos - goal, axis=2) >= 0.1).astype(np.float32))
+
+
+def test_shaped_reward_adds_lambda_log_pi_bc_to_the_task_reward():
+    rng, env = np.random.default_rng(7), im.Goals(16, 10, observe_goal=True, cost="task", speed=0.5)
+    traj = im.rollout(env, None, 10, rng, expert=env.expert, beta=1.0, seed=8)
+    pi_bc = im.Policy(im.GaussianHead(2), 4, rng)
+    log_p = pi_bc.log_prob(traj.observations[:, :-1].reshape(-1, 4), traj.actions.reshape(-1, 2)).reshape(16, 10)
+    assert np.array_equal(im.shaped_reward(pi_bc, 0.0)(traj), -traj.costs)
+    assert np.allclose(im.shaped_reward(pi_bc, 0.5)(traj), -traj.costs + 0.5 * log_p, rtol=1e-6)
+
+
+def test_gail_recovers_on_the_road_where_bc_compounds():
+    """One demonstration never leaves the road: BC stays off it after a misreading, GAIL learns the way back."""
+    rng, T = np.random.default_rng(9), 50
+    demo_env, env, evaluation = im.Road(1, T, 0.02, seed=1), im.Road(64, T, 0.02, seed=2), im.Road(500, T, 0.02)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=3)
+    head = im.CategoricalHead(np.arange(-2.0, 3.0))
+    bc, learner = im.Policy(head, env.obs_dim, rng), im.Policy(head, env.obs_dim, rng)
+    im.bc(bc, *demos.pairs(), im.TrainConfig(steps=300, lr=3e-3), rng)
+    cfg = im.PPOConfig(iterations=10, horizon=T, lr=3e-3, entropy=0.2)
+    D, log = im.gail(learner, env, *demos.pairs(), cfg, rng=rng)
+    success = [np.mean(im.rollout(evaluation, p.act, T, rng, seed=4).total_cost <= 4) for p in (bc, learner)]
+    assert success[0] <= 0.5 and success[1] >= success[0] + 0.3 and log[-1]["env_steps"] == 10 * 64 * T
+
+
+def test_ppo_refuses_heads_without_a_usable_likelihood():
+    rng = np.random.default_rng(0)
+    for head in (im.L2Head(1), im.DiffusionHead([0], [1]), im.CVAEHead(1)):
+        with pytest.raises(ValueError, match="ppo needs a stochastic head"):
+            im.ppo(im.Policy(head, 1, rng), Bandit(), im.PPOConfig(iterations=1, horizon=1), rng)
 
 
 # ---- documentation ----
