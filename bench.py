@@ -11,9 +11,11 @@ printed beside what it is compared against; every target is marked PASS or MISS.
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -488,7 +490,278 @@ def report_hindsight(r):
     ]
 
 
-# ---- 4. speed ----
+# ---- 6. without the expert's actions ----
+
+
+def without_actions(seed, quick, figure):
+    return {"observation": observation(seed, quick), "one_shot": one_shot(seed, quick)}
+
+
+def observation(seed, quick):
+    """BCO against BC with the true actions on the same 16 state-only demonstrations of the goal task, over 3
+    training seeds (2 quick), with the same initial weights and minibatches: only the labels differ. The
+    learner explores one uniform random step from each of 2560 starts away from the walls, where every
+    transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal)."""
+    T, record = 30, {"bco": [], "bc_actions": []}
+    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=800 if quick else 2000, lr=1e-2))
+    cfg = replace(cfg, train=im.TrainConfig(steps=400 if quick else 1000, lr=3e-3))
+    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
+    evaluation = im.Goals(len(goals), T, observe_goal=True)
+    for s in range(seed, seed + (2 if quick else 3)):
+        rng = np.random.default_rng(s)
+        demo_env, explore_env = (
+            im.Goals(16, T, observe_goal=True, seed=s),
+            im.Goals(1280 if quick else 2560, 1, start=0.9, observe_goal=True),
+        )
+        demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=s)
+        for name in record:
+            policy = im.Policy(im.L2Head(2), 4, np.random.default_rng(s))
+            if name == "bco":
+                inverse = im.Policy(im.L2Head(2), 4, np.random.default_rng(s + 1))
+
+                def explore(obs, rng=rng):  # BCO: uniform random actions
+                    return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
+
+                steps = im.bco(
+                    policy,
+                    inverse,
+                    explore_env,
+                    demos.states_only(),
+                    explore,
+                    cfg,
+                    np.random.default_rng(s + 2),
+                    state=slice(0, 2),
+                )
+            else:
+                im.bc(policy, *demos.pairs(), cfg.train, np.random.default_rng(s + 2))
+            record[name].append(
+                im.rollout(evaluation, policy.act, T, rng, seed=s + 3, options={"goals": goals}).success
+            )
+    out, rng = {}, np.random.default_rng(seed)
+    for name, success in record.items():
+        pooled = np.concatenate(success)
+        out[name] = {
+            "success": float(pooled.mean()),
+            "success_ci": im.bootstrap_ci(pooled, rng)[0].tolist(),
+            "per_seed": [float(x.mean()) for x in success],
+        }
+    out["bco"]["exploration_steps"] = steps
+    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
+    return out
+
+
+def one_shot(seed, quick):
+    """One-shot imitation over 64 tasks of the goal world (a task is a goal no observation names), 4
+    demonstrations each; tested on unseen goals, one demonstration each from one start, the policy from
+    another. Bounds: BC without the task, and goal-conditioned BC told the true goal, on the same demos."""
+    rng, T, tasks, per, E = np.random.default_rng(seed), 30, 64, 4, 16
+    cfg = im.OneShotConfig(horizon=T, train=im.TrainConfig(steps=600 if quick else 1500, lr=3e-3))
+    goals = np.repeat(rng.uniform(-1, 1, (tasks, 2)).astype(np.float32), per, 0)
+    env = im.Goals(tasks * per, T, seed=seed)
+    demos = im.rollout(env, None, T, rng, expert=env.expert, beta=1.0, seed=seed, options={"goals": goals})
+    test = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
+    shown_env, test_env = im.Goals(len(test), T), im.Goals(len(test), T)
+    shown = im.rollout(
+        shown_env, None, T, rng, expert=shown_env.expert, beta=1.0, seed=seed + 2, options={"goals": test}
+    )
+    actors, (obs, actions) = {}, demos.pairs()
+    for name, time_stamp in (("one_shot", True), ("one_shot_order_blind", False)):
+        encoder = im.MLP((2 + time_stamp, 64, 64, E))
+        policy = im.Policy(im.L2Head(2), 2 + E, np.random.default_rng(seed))
+        c = replace(cfg, time_stamp=time_stamp)
+        actors[name] = im.one_shot_actor(policy, encoder, im.one_shot(policy, encoder, demos, per, c, rng), shown, c)
+    for name in ("no_task", "true_goal"):
+        policy = im.Policy(im.L2Head(2), 2 if name == "no_task" else 4, np.random.default_rng(seed))
+        told = obs if name == "no_task" else np.concatenate([obs, np.repeat(goals, T, 0)[demos.mask.ravel()]], 1)
+        im.bc(policy, told, actions, im.TrainConfig(steps=300 if quick else 1000), rng)
+        actors[name] = policy.act if name == "no_task" else (lambda o, p=policy: p.act(np.concatenate([o, test], 1)))
+    out = {}
+    for name, act in actors.items():
+        success = im.rollout(test_env, act, T, rng, seed=seed + 3, options={"goals": test}).success
+        out[name] = {"success": float(success.mean()), "success_ci": im.bootstrap_ci(success, rng)[0].tolist()}
+    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
+    return out
+
+
+def report_without_actions(r):
+    o, s = r["observation"], r["one_shot"]
+    say(f"\n  {'policy':<22}{'success':>8}{'95% CI':>17}   (goal task, unseen goals)")
+    for k, v in (("bc_actions", o["bc_actions"]), ("bco", o["bco"]), *s.items()):
+        say(f"  {k:<22}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]")
+    per_seed = {k: ", ".join(f"{x:.3f}" for x in o[k]["per_seed"]) for k in ("bco", "bc_actions")}
+    say(
+        f"  BCO explored {o['bco']['exploration_steps']} steps per seed; "
+        f"per seed: BCO {per_seed['bco']}, BC {per_seed['bc_actions']}"
+    )
+    gap = o["bco"]["success"] - o["bc_actions"]["success"]
+    return [
+        target(
+            abs(gap) <= 0.05, f"BCO {o['bco']['success']:.3f} within 5 points of BC with the true actions ({gap:+.3f})"
+        ),
+        target(s["one_shot"]["success"] >= 0.8, f"one-shot {s['one_shot']['success']:.3f} >= 0.80 on unseen tasks"),
+        target(
+            s["one_shot"]["success"] - s["no_task"]["success"] >= 0.5,
+            f"one-shot {s['one_shot']['success'] - s['no_task']['success']:+.3f} above BC without the task (>= +0.50)",
+        ),
+    ]
+
+
+# ---- 7. imitation and RL ----
+
+
+def rl(seed, quick, figure):
+    return {"rl": beyond(seed, quick), "gail": adversarial(seed, quick)}
+
+
+def beyond(seed, quick):
+    """A deliberately slow expert (speed 0.5 of the 1 the arena allows) on the goal task with the task's own
+    cost, 1 per step away from the goal: the reward can tell a faster policy. BC matches the expert; PPO
+    fine-tuning from BC beats it; PPO from scratch, on the same env steps, does not; and the shaped reward
+    r + lambda log pi_BC(a | s) trades the two off."""
+    rng, T = np.random.default_rng(seed), 30
+    cfg = im.PPOConfig(iterations=12 if quick else 40, horizon=T, lr=3e-4)
+    task = dict(observe_goal=True, cost="task", speed=0.5)
+    demo_env, probe_env, env = (
+        im.Goals(256, T, **task),
+        im.Goals(256, T, **task),
+        im.Goals(128 if quick else 256, T, **task),
+    )
+    evaluation = im.Goals(500 if quick else 1000, T, **task)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+    probe, label = im.rollout(probe_env, None, T, rng, expert=probe_env.expert, beta=1.0, seed=seed + 1).pairs()
+    probe = probe[np.linalg.norm(label, axis=1) > 0.1]  # held-out expert states still on their way
+
+    def returns(act):
+        R = -im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost  # common random numbers
+        return {"return": float(R.mean()), "return_ci": im.bootstrap_ci(R, rng)[0].tolist()}
+
+    def head():  # sigma in [0.1, 1]: BC drives it to 0.1, the task's tolerance, which leaves PPO room to explore
+        return im.GaussianHead(2, log_std_min=math.log(0.1), log_std_max=0.0)
+
+    pi_bc = im.Policy(head(), 4, np.random.default_rng(seed))
+    im.bc(pi_bc, *demos.pairs(), im.TrainConfig(steps=500 if quick else 1000, lr=3e-3), rng)
+    record, a_bc = {"expert": returns(evaluation.expert), "bc": returns(pi_bc.act)}, pi_bc.act(probe)
+
+    def agreement(policy):  # the share of probe states where the policy acts within 0.1 of pi_BC
+        return {"agreement": float(np.mean(np.linalg.norm(policy.act(probe) - a_bc, axis=1) <= 0.1))}
+
+    shaped = [("finetune_shaped", lam) for lam in (0.1, 1.0)]
+    for name, lam in [("finetune", None), ("scratch", None), *shaped]:
+        policy = im.Policy(head(), 4, np.random.default_rng(seed + 1)) if name == "scratch" else pi_bc.copy()
+        reward = None if lam is None else im.shaped_reward(pi_bc, lam)
+        log = im.ppo(policy, env, cfg, rng, reward=reward, evaluate=None if name == "scratch" else agreement)
+        row = returns(policy.act) | {"env_steps": log[-1]["env_steps"]}
+        if name != "scratch":
+            row["agreement"] = [1.0] + [entry["agreement"] for entry in log]  # before and after each update
+        if lam is None:
+            record[name] = row
+        else:
+            record.setdefault(name, []).append(row | {"lambda": lam})
+        say(f"  {name:<16}{'' if lam is None else f' lambda {lam}':<12} return {row['return']:7.2f}")
+    return record
+
+
+def adversarial(seed, quick):
+    """GAIL on the road (reading noise 0.02, T = 50) from ONE demonstration, which never leaves the road.
+    Success: a total cost (disagreement with the expert) of at most 4. Then the learned reward alone trains
+    a fresh policy, with no demonstrations."""
+    rng, T, threshold = np.random.default_rng(seed), 50, 4
+    road = dict(eps=0.02, lanes=3)
+    cfg = im.PPOConfig(iterations=10 if quick else 20, horizon=T, lr=3e-3, entropy=0.2)
+    demo_env, env = im.Road(1, T, seed=seed, **road), im.Road(64 if quick else 128, T, seed=seed, **road)
+    evaluation = im.Road(1000 if quick else 4000, T, seed=seed, **road)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+
+    def success(act):
+        return float(np.mean(im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost <= threshold))
+
+    def policy(k):
+        return im.Policy(im.CategoricalHead(ROAD_MOVES), env.obs_dim, np.random.default_rng(seed + k))
+
+    expert = im.rollout(evaluation, None, T, rng, expert=evaluation.expert, beta=1.0, seed=seed + 2)
+    record = {"demos": int(demos.mask.sum()), "expert": {"success": float(np.mean(expert.total_cost <= threshold))}}
+    pi_bc, learner, fresh = policy(0), policy(1), policy(2)
+    im.bc(pi_bc, *demos.pairs(), im.TrainConfig(steps=300, lr=3e-3), rng)
+    record["bc"] = {"success": success(pi_bc.act), "env_steps": 0}
+    initial = learner.copy()
+    D, log = im.gail(learner, env, *demos.pairs(), cfg, rng=rng)
+    record["gail"] = {"success": success(learner.act), "env_steps": log[-1]["env_steps"]}
+
+    def learned_reward(traj):
+        return im.gail_reward(D, traj.observations[:, :-1], traj.actions)  # frozen: IRL's output
+
+    log = im.ppo(fresh, env, cfg, rng, reward=learned_reward)  # no demonstrations
+    record["irl_fresh"] = {"success": success(fresh.act), "env_steps": log[-1]["env_steps"]}
+    trajs = expert, im.rollout(evaluation, lambda o: initial.sample(o, rng), T, rng, seed=seed + 3)
+    learned = [(learned_reward(t) * t.mask).sum(1) for t in trajs]
+    record["learned_return"] = {"expert": float(learned[0].mean()), "initial_learner": float(learned[1].mean())}
+    record["ranking"] = float(np.mean(learned[0][:, None] > learned[1][None, :]))  # P(expert's > the learner's)
+    say("  " + "  ".join(f"{k} {record[k]['success']:.3f}" for k in ("bc", "gail", "irl_fresh")))
+    return record
+
+
+def report_rl(r):
+    b, g = r["rl"], r["gail"]
+    rows = [("expert", b["expert"]), ("bc", b["bc"]), ("finetune", b["finetune"]), ("scratch", b["scratch"])]
+    rows += [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]
+    say(f"\n  {'policy':<20}{'return':>8}{'95% CI':>20}{'env steps':>11}   (slow expert, task cost)")
+    for k, v in rows:
+        say(
+            f"  {k:<20}{v['return']:>8.2f}   [{v['return_ci'][0]:>7.2f}, {v['return_ci'][1]:>7.2f}]"
+            f"{v.get('env_steps', 0):>11}"
+        )
+    n = len(b["finetune"]["agreement"])
+    marks = sorted({i for i in (0, 2, 5, 10, 20) if i < n} | {n - 1})
+    say(f"  agreement with pi_BC on held-out expert states after update {', '.join(map(str, marks))}:")
+    for k, v in [("finetune", b["finetune"])] + [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]:
+        say(f"    {k:<18}" + " ".join(f"{v['agreement'][i]:5.2f}" for i in marks))
+    say(f"\n  GAIL on the road from {g['demos']} demonstrated steps; success = total cost <= 4 of T = 50:")
+    for k in ("expert", "bc", "gail", "irl_fresh"):
+        say(f"    {k:<10}{g[k]['success']:>7.3f}   env steps {g[k].get('env_steps', 0)}")
+    lr = g["learned_return"]
+    say(
+        f"  learned return: expert {lr['expert']:.1f}, initial learner {lr['initial_learner']:.1f}; "
+        f"P(expert's > learner's) {g['ranking']:.3f}"
+    )
+    e, bc_, f, (small, large) = b["expert"], b["bc"], b["finetune"], b["finetune_shaped"]
+    closer = np.mean(small["agreement"]) > np.mean(f["agreement"])
+    pinned = abs(large["return"] - e["return"]) <= 0.1 * abs(e["return"]) and large["return_ci"][0] <= e["return_ci"][1]
+    return [
+        target(
+            abs(bc_["return"] - e["return"]) <= 0.1 * abs(e["return"]),
+            f"BC's return {bc_['return']:.2f} within 10% of the expert's {e['return']:.2f}",
+        ),
+        target(
+            f["return_ci"][0] > e["return_ci"][1],
+            f"fine-tuning from BC {f['return']:.2f} beats the expert, intervals apart",
+        ),
+        target(
+            b["scratch"]["return"] < f["return"],
+            f"from scratch {b['scratch']['return']:.2f} below fine-tuning, same env steps",
+        ),
+        target(
+            closer,
+            f"small lambda stays closer to the demonstrations: agreement {np.mean(small['agreement']):.2f} > "
+            f"{np.mean(f['agreement']):.2f}",
+        ),
+        target(pinned, f"large lambda pinned to the expert's return: {large['return']:.2f}"),
+        target(g["bc"]["success"] <= 0.5, f"BC from one demonstration {g['bc']['success']:.3f} <= 0.50"),
+        target(
+            g["gail"]["success"] - g["bc"]["success"] >= 0.2,
+            f"GAIL {g['gail']['success'] - g['bc']['success']:+.3f} above BC (>= +0.20)",
+        ),
+        target(
+            g["irl_fresh"]["success"] >= 0.8 * g["expert"]["success"],
+            f"a fresh policy on the learned reward {g['irl_fresh']['success']:.3f} >= 0.8 x the expert's",
+        ),
+        target(
+            g["ranking"] >= 0.95,
+            f"the learned reward ranks expert episodes above the initial learner's ({g['ranking']:.3f})",
+        ),
+    ]
+
+
+# ---- 8. speed ----
 
 
 def best_time(fn, repeats):
@@ -644,7 +917,7 @@ def plot(record, figure, path):
 
 # ---- main ----
 
-SECTIONS = [  # JSON key, title, run(seed, quick, figure) -> record, report(record) -> target lines
+SECTIONS = [  # JSON key (None: the run's own top-level keys), title, run(seed, quick, figure), report(record)
     (
         "bounds",
         "Compounding error on the road: six ways to get data, one label budget",
@@ -655,6 +928,8 @@ SECTIONS = [  # JSON key, title, run(seed, quick, figure) -> record, report(reco
     ("multimodal", "Expressive heads on the tree's bimodal demonstrations", multimodal, report_multimodal),
     ("memory", "Latent variables and memory: causal confusion and a non-Markovian expert", memory, report_memory),
     ("hindsight", "Hindsight relabeling on the goal task", hindsight, report_hindsight),
+    (None, "Without the expert's actions: BCO and one-shot imitation", without_actions, report_without_actions),
+    (None, "Imitation and RL: beyond the expert, a shaped reward, and GAIL", rl, report_rl),
     ("speed", "Speed, measured side by side after warm-up", speed, report_speed),
 ]
 
@@ -675,9 +950,10 @@ def main():
     for i, (key, title, run, report) in enumerate(SECTIONS, 1):
         say(f"{chr(10) if i > 1 else ''}{i}. {title}")
         section_start = time.perf_counter()
-        record[key] = run(args.seed, args.quick, figure)
-        record["section_seconds"][key] = time.perf_counter() - section_start
-        verdicts += report(record[key])
+        part = run(args.seed, args.quick, figure)
+        record |= part if key is None else {key: part}  # a section with several parts gives top-level keys
+        record["section_seconds"][str(i)] = time.perf_counter() - section_start
+        verdicts += report(part)
     record["seconds"] = time.perf_counter() - start
     say(f"\nTargets ({'quick run: reduced budgets, so misses are expected' if args.quick else 'full run'}):")
     for line in verdicts:
