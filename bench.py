@@ -232,6 +232,28 @@ def report_compounding(r):
 # ---- 2. multimodal demonstrations ----
 
 
+def fork_metrics(sample, obs, actions, threshold=0.1, window=0.05, repeats=32):
+    """How a head samples where the demonstrations part. The fork pairs are those on the centre line (x == 0
+    exactly: every demonstration runs straight up it until its swerve begins, and the mirror keeps it there) whose
+    sideways action is at least `threshold` (nearer the start of the swerve the two modes merge into straight
+    ahead). fork_w1: the 1-D Wasserstein distance between the sideways parts of the head's samples at the fork pairs
+    (`repeats` each) and of the demonstrations' actions there; fork_midpoint: the share of samples within `window`
+    of the midpoint 0. The demonstrations themselves score 0 and 0."""
+    fork = (obs[:, 0] == 0) & (np.abs(actions[:, 0]) >= threshold)
+    s = np.clip(sample(np.repeat(obs[fork], repeats, 0))[:, 0], -1, 1)  # as the environment executes it
+    a = np.repeat(actions[fork, 0], repeats)
+    w1 = float(np.abs(np.sort(s) - np.sort(a)).mean())  # equal sizes: W1 is the mean gap between sorted samples
+    return {"fork_w1": w1, "fork_midpoint": float(np.mean(np.abs(s) < window)), "fork_pairs": int(fork.sum())}
+
+
+def principal_spread(actions, k):
+    """k points on the demonstrated actions' first principal axis, from one standard deviation below their mean to
+    one above: distinct starting means for a mixture's components (MixtureHead's means)."""
+    mean = actions.mean(0)
+    _, sv, vt = np.linalg.svd(actions - mean, full_matrices=False)
+    return mean + np.linspace(-1, 1, k)[:, None] * (sv[0] / np.sqrt(len(actions))) * vt[0]
+
+
 def multimodal(seed, quick, figure):
     """Each head trained by BC on the tree's bimodal demonstrations, then run with sampled actions.
     The task is left-right symmetric, so every demonstration is added with its mirror image: the data hold
@@ -245,25 +267,37 @@ def multimodal(seed, quick, figure):
     mirror = np.float32([-1, 1])  # x -> -x
     obs, actions = np.concatenate([obs, obs * mirror]), np.concatenate([actions, actions * mirror])
     bounds = ([-1, -1], [1, 1])
-    heads = {  # head, hidden widths, activation, gradient steps, scale of the network's input
-        "l2": (im.L2Head(2), (256, 256), "relu", 3000, 1),
+    heads = {  # head, hidden widths, activation, gradient steps, scale of the network's input, step size
+        "l2": (im.L2Head(2), (256, 256), "relu", 3000, 1, 1e-3),
         # Sharp inputs: the side is told by the sign of x at a scale of 0.01, which tanh units on x100 inputs
         # resolve. The expressive heads need that to commit; L2 given the same breaks the tie at the centre
         # line with its own approximation error and goes round: shown, not hidden, as "l2_sharp".
-        "l2_sharp": (im.L2Head(2), (256, 256), "tanh", 3000, 100),
-        "gaussian": (im.GaussianHead(2), (256, 256), "tanh", 3000, 100),
-        "mog": (im.MixtureHead(2, 5), (256, 256), "tanh", 3000, 100),
-        "autoregressive": (im.AutoregressiveHead(*bounds, bins=21), (256, 256), "tanh", 3000, 100),
-        "diffusion": (im.DiffusionHead(*bounds), (256, 256, 256), "tanh", 3000, 100),
+        "l2_sharp": (im.L2Head(2), (256, 256), "tanh", 3000, 100, 1e-3),
+        # The sampling heads: narrower networks, more and larger steps. Where the demonstrations part (x = 0, y in
+        # (-0.9, -0.8]) lies between the straight approach below and the committed swerves beside and above it,
+        # and resolving it takes updates, not width. The mixture's components start apart (collapse otherwise);
+        # the diffusion head shifts its schedule to the fork's scale, lets its noisy-action input be heard, and
+        # samples with 20 DDIM steps (with 10, its coarse first-order steps tilt the split between the two modes).
+        "gaussian": (im.GaussianHead(2), (128, 128), "tanh", 6000, 100, 2e-3),
+        "mog": (im.MixtureHead(2, 5, means=principal_spread(actions, 5)), (128, 128), "tanh", 8000, 100, 2e-3),
+        "autoregressive": (im.AutoregressiveHead(*bounds, bins=21), (128, 128), "tanh", 6000, 100, 2e-3),
+        "diffusion": (
+            im.DiffusionHead(*bounds, sample_steps=20, shift=8, input_scale=10),
+            (128, 128, 128),
+            "tanh",
+            12000,
+            100,
+            2e-3,
+        ),
     }
     evaluation = im.Tree(256 if quick else 1000)
     probe = np.tile(np.float32([[0.0, -0.8]]), (4096, 1))  # the centre line, where the demonstrations part
     record, samples = {}, {}
-    for name, (head, hidden, activation, steps, scale) in heads.items():
+    for name, (head, hidden, activation, steps, scale, lr) in heads.items():
         policy = im.Policy(head, 2, np.random.default_rng(seed), hidden=hidden, activation=activation)
         scale, steps = np.float32(scale), steps // 4 if quick else steps
         start = time.perf_counter()
-        im.bc(policy, obs * scale, actions, im.TrainConfig(steps=steps), rng)
+        im.bc(policy, obs * scale, actions, im.TrainConfig(steps=steps, lr=lr), rng)
         train_seconds = time.perf_counter() - start
 
         def act(o, policy=policy, scale=scale):
@@ -285,21 +319,29 @@ def multimodal(seed, quick, figure):
             "nll": nll,
             "train_seconds": train_seconds,
             "seconds_per_action": per_action,
-            "network": f"{len(hidden)}x{hidden[0]} {activation}, inputs x{scale:g}, {steps} steps",
+            "network": f"{len(hidden)}x{hidden[0]} {activation}, inputs x{scale:g}, {steps} steps, lr {lr:g}",
         }
+        fork_rng = np.random.default_rng(seed + 3)  # its own stream: training and rollouts stay as they were
+        record[name] |= fork_metrics(lambda o, p=policy, c=scale, g=fork_rng: p.sample(o * c, g), obs, actions)
         say(f"  {name:<15} success {record[name]['success']:.3f}  trained in {train_seconds:.1f} s")
     figure["samples"] = samples
     return record
 
 
 def report_multimodal(r):
-    say(f"\n  {'head':<15}{'success':>8}{'left':>7}{'held-out NLL':>14}{'train s':>9}{'us/action':>11}  network")
+    say(
+        f"\n  {'head':<15}{'success':>8}{'left':>7}{'fork W1':>9}{'midpoint':>9}{'held-out NLL':>14}{'train s':>9}"
+        f"{'us/action':>11}  network"
+    )
     for k, m in r.items():
         nll = "-" if m["nll"] is None else f"{m['nll']:.2f}"
         left = "-" if m["left"] is None else f"{m['left']:.2f}"
         per_action = 1e6 * m["seconds_per_action"]
-        row = f"{m['success']:>8.3f}{left:>7}{nll:>14}{m['train_seconds']:>9.1f}{per_action:>11.1f}"
-        say(f"  {k:<15}{row}  {m['network']}")
+        row = f"{m['success']:>8.3f}{left:>7}{m['fork_w1']:>9.3f}{m['fork_midpoint']:>9.3f}{nll:>14}"
+        say(f"  {k:<15}{row}{m['train_seconds']:>9.1f}{per_action:>11.1f}  {m['network']}")
+    pairs = next(iter(r.values()))["fork_pairs"]
+    say(f"  (fork: the {pairs} demonstration pairs at x = 0 with a sideways action >= 0.1; W1 of the sideways part")
+    say("   against the demonstrations' there, and the share of samples within 0.05 of 0. The demonstrations: 0, 0.)")
     lines = [
         target(r["l2"]["success"] <= 0.10, f"L2 success {r['l2']['success']:.3f} <= 0.10 (it drives into the tree)")
     ]
@@ -307,6 +349,10 @@ def report_multimodal(r):
         ok = r[k]["success"] >= 0.95 and r[k]["left"] is not None and 0.35 <= r[k]["left"] <= 0.65
         lines.append(
             target(ok, f"{k} success {r[k]['success']:.3f} >= 0.95, left share {r[k]['left'] or 0:.2f} in [0.35, 0.65]")
+        )
+        w1, mid = r[k]["fork_w1"], r[k]["fork_midpoint"]
+        lines.append(
+            target(w1 <= 0.05 and mid <= 0.1, f"{k} at the fork: W1 {w1:.3f} <= 0.05, midpoint {mid:.3f} <= 0.10")
         )
     return lines
 
@@ -890,25 +936,51 @@ def plot(record, figure, path):
         return
     b = record["bounds"]
     T, e = np.array(b["T"], float), b["eps"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = ((axes[0], 2, "J / (eps T^2): flat means quadratic"), (axes[1], 1, "J / (eps T): flat means linear"))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    styles = ("o-", "v--", "s--", "^:", "d-.", "x-")
+    panels = ((axes[0, 0], 2, "J / (eps T^2): flat means quadratic"), (axes[0, 1], 1, "J / (eps T): flat means linear"))
     for ax, power, title in panels:
         norm = e * T**power
-        for (name, m), style in zip(b["methods"].items(), ("o-", "s--", "^:", "d-.")):
+        for (name, m), style in zip(b["methods"].items(), styles):
             cost, ci = np.array(m["cost"]), np.array(m["ci"])
-            yerr = np.abs(ci.T - cost) / norm
-            ax.errorbar(T, cost / norm, yerr=yerr, fmt=style, capsize=3, label=name)
+            ax.errorbar(T, cost / norm, yerr=np.abs(ci.T - cost) / norm, fmt=style, capsize=3, label=name)
         for key, style in (("bound_lecture", "k--"), ("bound_ross", "k:"), ("tightrope", "k-.")):
             ax.plot(T, np.array(b[key]) / norm, style, lw=1, label=key.replace("_", " "))
         ax.set(xscale="log", yscale="log", xlabel="horizon T", ylabel=title.split(":")[0], title=title)
         ax.set_xticks(T, [str(int(t)) for t in T])
         ax.xaxis.set_minor_formatter(NullFormatter())
-    axes[0].legend(fontsize=7)
-    ax = axes[2]
-    for name, s in figure["samples"].items():
-        ax.hist(np.array(s)[:, 0], bins=41, range=(-0.5, 0.5), histtype="step", lw=1.5, label=name)
+    axes[0, 0].legend(fontsize=7)
+    ax, labels = axes[0, 2], record["labels"]
+    for (name, m), style in zip(labels["methods"].items(), styles):
+        cost, ci = np.array(m["cost"]), np.array(m["ci"])
+        ax.errorbar(m["labels"], cost, yerr=np.abs(ci.T - cost), fmt=style, capsize=3, label=name)
+    ax.set(xscale="log", yscale="log", xlabel="expert labels used", ylabel=f"cost J at T = {labels['T']}")
+    ax.set_title("what each expert label buys (95% CIs)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    for name, samples in figure["samples"].items():
+        ax.hist(np.array(samples)[:, 0], bins=41, range=(-0.5, 0.5), histtype="step", lw=1.5, label=name)
     ax.set(xlabel="sideways part of the sampled action", ylabel="samples (of 4096)", yscale="log")
-    ax.set_title("actions sampled at (0, -0.8), where the demonstrations part", fontsize=10)
+    ax.set_title("actions sampled at the fork (0, -0.8); demonstrations: +-0.217", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    for name, m in record["memory"]["causal_confusion"].items():
+        err, cost = m["heldout_error"], m["cost"]
+        xerr, yerr = (
+            np.abs(np.array(m["heldout_error_ci"]) - err)[:, None],
+            np.abs(np.array(m["cost_ci"]) - cost)[:, None],
+        )
+        ax.errorbar(err, cost, xerr=xerr, yerr=yerr, fmt="o" if "plain" in name else "s", capsize=3, label=name)
+    ax.set(xlabel="0-1 error on held-out expert states", ylabel="on-policy cost J (T = 50)")
+    ax.set_title("causal confusion: the brake light lowers the error, raises the cost", fontsize=10)
+    ax.legend(fontsize=7)
+    ax, rl = axes[1, 2], record["rl"]
+    for name, m in [("finetune (lambda 0)", rl["finetune"])] + [
+        (f"shaped, lambda {x['lambda']}", x) for x in rl["finetune_shaped"]
+    ]:
+        ax.plot(m["agreement"], label=name)
+    ax.set(xlabel="PPO update", ylabel="agreement with pi_BC on expert states", ylim=(0, 1.05))
+    ax.set_title("fine-tuning leaves the demonstrations; lambda log pi_BC holds it", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

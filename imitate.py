@@ -339,6 +339,9 @@ class Head:
     def init_extra(self, net, rng):
         return np.zeros(0, np.float32)  # parameters beyond the network's, at the end of the flat vector (CVAE)
 
+    def init_net(self, net, params):
+        """Adjust a fresh network's parameters (net's flat vector) in place; by default they stay as drawn."""
+
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
         """L = 1/B sum_i w_i l_i(params) (w = None: BC's mean loss). Writes dL/dparams into grad (params' layout)
         and returns L and, with obs_grad, dL/dobs (B, O) (else None). workspace: the policy's buffers."""
@@ -431,13 +434,32 @@ class GaussianHead(Head):
 
 
 class MixtureHead(Head):
-    """Mixture of K diagonal Gaussians (a mixture density network): outputs logits (K), mu (K A), raw log_std (K A)."""
+    """Mixture of K diagonal Gaussians (a mixture density network): outputs logits (K), mu (K A), raw log_std (K A).
 
-    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0):
+    means (K, A), optional: where the components start. The network's output layer then starts at zero, so at
+    every state the components start with equal weights, log sigma in the middle of its bounds and mean_k =
+    means[k]: which component explains a demonstration is decided by where its action lies. From a random output
+    layer one component can win everywhere within the first steps and explain the data with a mean that moves with
+    the state (collapse), and such a mean cannot take two values where the demonstrations part. Distinct points
+    spread over the demonstrated actions serve (k-means centres, or points along their first principal axis)."""
+
+    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0, means=None):
         self.action_dim = _positive_int("action_dim", action_dim)
         self.K = _positive_int("components", components)
         self.n_out = self.K * (1 + 2 * self.action_dim)
         self.bounds = _log_std_bounds(log_std_min, log_std_max)
+        self.means = None if means is None else check_array("means", np.asarray(means, np.float32), (self.K, None))
+        if self.means is not None and self.means.shape[1] != self.action_dim:
+            raise ValueError(f"means must have shape ({self.K}, {self.action_dim}), got {self.means.shape}")
+
+    def init_net(self, net, params):
+        if self.means is None:
+            return
+        p, last = net.views(params), len(net.sizes) - 2
+        p[f"W{last}"][:] = 0
+        b = p[f"b{last}"]
+        b[:] = 0  # logits 0: equal weights; raw log_std 0: the middle of the bounds (sigma = 1 for the defaults)
+        b[self.K : self.K * (1 + self.action_dim)] = self.means.reshape(-1)
 
     def split(self, out):
         K, A = self.K, self.action_dim
@@ -607,17 +629,27 @@ class Schedule(NamedTuple):
     alpha_bar: np.ndarray  # (N,) prod_{m <= n} alpha_m, so q(a_n | a_0) = N(sqrt(alpha_bar_n) a_0, 1 - alpha_bar_n)
 
 
-def cosine_schedule(steps=100, s=0.008, max_beta=0.999):
+def cosine_schedule(steps=100, s=0.008, max_beta=0.999, shift=1.0):
     """Nichol & Dhariwal's cosine schedule (diffusers' "squaredcos_cap_v2"), in float64:
     alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t / N + s) / (1 + s) pi / 2);
-    beta_n = min(1 - alpha_bar_n / alpha_bar_{n-1}, max_beta)."""
+    beta_n = min(1 - alpha_bar_n / alpha_bar_{n-1}, max_beta).
+    shift k multiplies every level's signal-to-noise ratio alpha_bar / (1 - alpha_bar) by k^2, as if the data were k
+    times larger (a shifted schedule: Hoogeboom, Heek & Salimans 2023; Chen 2023). k > 1 gives more of the levels
+    to detail finer than [-1, 1], such as two modes of an action that lie close together."""
     N = _positive_int("steps", steps)
     if not 0 < max_beta < 1:
         raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < math.inf:
+        raise ValueError(f"shift must be a positive finite number, got {shift!r}")
     f = np.cos((np.arange(N + 1) / N + s) / (1 + s) * np.pi / 2) ** 2
     beta = np.minimum(1 - f[1:] / f[:-1], max_beta)
     alpha = 1 - beta
-    return Schedule(beta, alpha, np.cumprod(alpha))
+    if shift == 1:
+        return Schedule(beta, alpha, np.cumprod(alpha))
+    ab = np.cumprod(alpha)
+    ab = ab * shift**2 / (1 + ab * (shift**2 - 1))  # SNR' = k^2 SNR, with SNR = ab / (1 - ab)
+    alpha = ab / np.concatenate([[1.0], ab[:-1]])
+    return Schedule(1 - alpha, alpha, ab)
 
 
 def sinusoidal_forward(n, dim):
@@ -668,12 +700,19 @@ def ddim_sample(eps_fn, x, alpha_bar, steps, clip=1.0):
 class DiffusionHead(Head):
     """DDPM with epsilon-prediction (Ho et al. 2020) over actions scaled to [-1, 1]: the network
     eps_theta([a_n, embedding(n), s]) predicts the noise in a_n = sqrt(ab_n) a_0 + sqrt(1 - ab_n) eps.
-    Loss E||eps - eps_theta||^2; sampling by DDPM through all N steps or DDIM through S <= N."""
+    Loss E||eps - eps_theta||^2; sampling by DDPM through all N steps or DDIM through S <= N.
+    shift: the schedule's (cosine_schedule). input_scale multiplies a_n and embedding(n) on their way into the
+    network. Observations scaled up for sharp tanh units leave a_n at unit scale too weak to move the first layer's
+    units, and with Adam an input's scale is also its learning rate: the noise prediction then hardly learns to
+    depend on a_n, and that dependence is what separates modes."""
 
-    def __init__(self, low, high, steps=100, sample_steps=10, sampler="ddim", embed_dim=16):
+    def __init__(self, low, high, steps=100, sample_steps=10, sampler="ddim", embed_dim=16, shift=1.0, input_scale=1.0):
         self.low, self.high = _action_bounds(low, high)
         self.action_dim = self.n_out = len(self.low)
-        self.schedule = cosine_schedule(steps)
+        self.schedule = cosine_schedule(steps, shift=shift)
+        if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not 0 < input_scale < math.inf:
+            raise ValueError(f"input_scale must be a positive finite number, got {input_scale!r}")
+        self.input_scale = np.float32(input_scale)
         if isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer)):
             raise ValueError(f"sample_steps must be an integer, got {sample_steps!r}")
         if not 1 <= sample_steps <= steps:
@@ -682,7 +721,8 @@ class DiffusionHead(Head):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
         dim = _positive_int("embed_dim", embed_dim, minimum=2)
         self.sample_steps, self.sampler = int(sample_steps), sampler
-        self.embedding = sinusoidal_forward(np.arange(steps), dim - dim % 2).astype(np.float32)  # (N, E)
+        embedding = sinusoidal_forward(np.arange(steps), dim - dim % 2)
+        self.embedding = (embedding * self.input_scale).astype(np.float32)  # (N, E), input_scale included
 
     def net_in(self, obs_dim):
         return self.action_dim + self.embedding.shape[1] + obs_dim
@@ -694,7 +734,7 @@ class DiffusionHead(Head):
         eps = rng.standard_normal(x0.shape).astype(obs.dtype)
         ab = self.schedule.alpha_bar[n][:, None].astype(obs.dtype)
         xn = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps  # a_n ~ q(a_n | a_0) in closed form
-        x = np.concatenate([xn, self.embedding[n].astype(obs.dtype), obs], 1)
+        x = np.concatenate([xn * self.input_scale, self.embedding[n].astype(obs.dtype), obs], 1)
         out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
         diff = out - eps  # (B, A)
         loss, dout = weigh((diff * diff).sum(1), 2 * diff, w)  # l = ||eps_theta - eps||^2
@@ -704,7 +744,7 @@ class DiffusionHead(Head):
     def eps_fn(self, net, params, obs):
         def eps_theta(x, n):  # the network's noise prediction at level n
             emb = np.broadcast_to(self.embedding[n].astype(x.dtype), (len(x), self.embedding.shape[1]))
-            return mlp_forward(net, params, np.concatenate([x, emb, obs], 1))[0]
+            return mlp_forward(net, params, np.concatenate([x * self.input_scale, emb, obs], 1))[0]
 
         return eps_theta
 
@@ -733,15 +773,22 @@ class CVAEHead(Head):
     Loss: the negative ELBO, l = -log p(a | s, z) + beta KL(q(z | s, a) || p(z)), with z = mu_q + sigma_q eps
     (reparameterised, eps ~ N(0, I)). The policy's network is the decoder, on [s, z]; the encoder, on [s, a]
     with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
-    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode)."""
+    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode).
+    input_scale multiplies a (into the encoder) and z (into the decoder), as DiffusionHead's does its noisy
+    action: beside observations scaled up for sharp tanh units, unit-scale inputs are hardly heard, and the
+    decoder learns to ignore z (posterior collapse)."""
 
-    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64):
+    def __init__(
+        self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64, input_scale=1.0
+    ):
         self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
         if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        self.beta = float(beta)
+        if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not 0 < input_scale < math.inf:
+            raise ValueError(f"input_scale must be a positive finite number, got {input_scale!r}")
+        self.beta, self.input_scale = float(beta), np.float32(input_scale)
 
     def net_in(self, obs_dim):
         return obs_dim + self.latent_dim
@@ -756,14 +803,14 @@ class CVAEHead(Head):
         return self.encoder(net).init(rng)
 
     def posterior(self, net, params, obs, a, workspace=None):
-        enc, x = self.encoder(net), np.concatenate([obs, a], 1)
+        enc, x = self.encoder(net), np.concatenate([obs, a * self.input_scale], 1)
         q, cache = mlp_forward(enc, params[net.n_params :], x, buffers(workspace, "encoder", enc, x, params))
         L = self.latent_dim
         return q[:, :L], *bounded_log_std(q[:, L:], -4.0, 0.0), cache  # mu_q, log sigma_q (B, L), sigma_q <= 1
 
     def decode(self, net, params, obs, z, workspace=None):
         """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
-        x = np.concatenate([obs, z], 1)
+        x = np.concatenate([obs, z * self.input_scale], 1)
         return mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
 
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
@@ -776,7 +823,7 @@ class CVAEHead(Head):
         kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
         scale = example_weights(w, recon + beta * kl)  # w_i / B
         dx = mlp_backward(net, params, drecon * scale[:, None], cache, grad)  # d/d[s, z] (B, O + L)
-        dz, s = dx[:, O:], scale[:, None]
+        dz, s = dx[:, O:] * self.input_scale, scale[:, None]
         dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
         dlog_std = (
             dz * std * eps + beta * (std * std - 1) * s
@@ -817,8 +864,10 @@ class Policy:
         self.workspace = {}  # activation buffers per batch size, reused by every training step
 
     def init(self, rng):
-        """Fresh parameters: the network's, then any the head adds (the CVAE's encoder)."""
-        return np.concatenate([self.net.init(rng), self.head.init_extra(self.net, rng)])
+        """Fresh parameters: the network's (as the head shapes them), then any the head adds (the CVAE's encoder)."""
+        params = np.concatenate([self.net.init(rng), self.head.init_extra(self.net, rng)])
+        self.head.init_net(self.net, params[: self.net.n_params])  # a view: writes into params
+        return params
 
     def check(self, obs, a=None):
         check_array("obs", obs, (None, self.obs_dim))
