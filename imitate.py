@@ -17,20 +17,37 @@ Papers implemented:
    CoRL 2017.
 5. Mixture density networks: Bishop, Mixture Density Networks, 1994.
 6. DDPM: Ho, Jain & Abbeel 2020; DDIM: Song, Meng & Ermon 2021; cosine schedule: Nichol & Dhariwal 2021;
-   as used for actions by Diffusion Policy, Chi et al. 2023.
+   as used for actions by Diffusion Policy, Chi et al. 2023. Shifted schedules: Hoogeboom, Heek &
+   Salimans 2023.
 7. Discretized autoregressive actions: Metz et al., Discrete Sequential Prediction of Continuous
    Actions for Deep RL, 2017 (and the binned actions of RT-1, Brohan et al. 2022).
 8. Hindsight goal relabeling: GCSL, Ghosh et al. 2021; RvS, Emmons et al. 2022.
+9. Conditional VAEs: Kingma & Welling 2014; Sohn, Lee & Yan 2015 (ACT, Zhao et al. 2023, uses one).
+10. Causal confusion: de Haan, Jayaraman & Levine, Causal Confusion in Imitation Learning, NeurIPS 2019.
+11. Side cameras: Bojarski et al., End to End Learning for Self-Driving Cars (DAVE-2), 2016. Query by
+    committee for active imitation: ThriftyDAgger, Hoque et al., CoRL 2021.
+12. BCO: Torabi, Warnell & Stone, Behavioral Cloning from Observation, IJCAI 2018.
+13. One-shot imitation: Duan et al., One-Shot Imitation Learning, NeurIPS 2017.
+14. PPO: Schulman et al. 2017, with GAE: Schulman et al. 2016. GAIL: Ho & Ermon, Generative Adversarial
+    Imitation Learning, NeurIPS 2016.
 
 Lecture idea -> where it lives:
     L2 regression learns the conditional mean .......... L2Head.nll
     expressive heads fit multimodal demonstrations ..... MixtureHead, CategoricalHead, AutoregressiveHead,
-                                                         DiffusionHead
+                                                         DiffusionHead, CVAEHead
     BC's cost grows like eps T^2 ....................... bc, road_exact_cost
     DAgger's cost grows like eps T ..................... dagger
     human-gated corrections need fewer labels .......... hg_dagger
-    data with mistakes and recoveries helps ............ dart
+    uncertainty-gated queries need fewer labels ........ active_dagger, Ensemble
+    data with mistakes and recoveries helps ............ dart, Road.side_cameras, augment
+    history helps a non-Markovian expert ............... History, Tree(cue=True)
+    ... and can hurt through causal confusion .......... History, Road(persist=...)
     any trajectory demonstrates reaching where it went . relabel, hindsight_bc
+    demonstrations without actions still teach ......... bco, Trajectories.states_only
+    one demonstration of a new task can teach .......... one_shot, encode_forward
+    RL can beat the expert BC imitates ................. ppo, Goals(cost="task", speed=0.5)
+    BC as a reward term ................................ shaped_reward
+    a reward learned from demonstrations ............... gail, gail_reward
 """
 
 import math
@@ -773,22 +790,15 @@ class CVAEHead(Head):
     Loss: the negative ELBO, l = -log p(a | s, z) + beta KL(q(z | s, a) || p(z)), with z = mu_q + sigma_q eps
     (reparameterised, eps ~ N(0, I)). The policy's network is the decoder, on [s, z]; the encoder, on [s, a]
     with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
-    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode).
-    input_scale multiplies a (into the encoder) and z (into the decoder), as DiffusionHead's does its noisy
-    action: beside observations scaled up for sharp tanh units, unit-scale inputs are hardly heard, and the
-    decoder learns to ignore z (posterior collapse)."""
+    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode)."""
 
-    def __init__(
-        self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64, input_scale=1.0
-    ):
+    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64):
         self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
         if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not 0 < input_scale < math.inf:
-            raise ValueError(f"input_scale must be a positive finite number, got {input_scale!r}")
-        self.beta, self.input_scale = float(beta), np.float32(input_scale)
+        self.beta = float(beta)
 
     def net_in(self, obs_dim):
         return obs_dim + self.latent_dim
@@ -803,14 +813,14 @@ class CVAEHead(Head):
         return self.encoder(net).init(rng)
 
     def posterior(self, net, params, obs, a, workspace=None):
-        enc, x = self.encoder(net), np.concatenate([obs, a * self.input_scale], 1)
+        enc, x = self.encoder(net), np.concatenate([obs, a], 1)
         q, cache = mlp_forward(enc, params[net.n_params :], x, buffers(workspace, "encoder", enc, x, params))
         L = self.latent_dim
         return q[:, :L], *bounded_log_std(q[:, L:], -4.0, 0.0), cache  # mu_q, log sigma_q (B, L), sigma_q <= 1
 
     def decode(self, net, params, obs, z, workspace=None):
         """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
-        x = np.concatenate([obs, z * self.input_scale], 1)
+        x = np.concatenate([obs, z], 1)
         return mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
 
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
@@ -823,7 +833,7 @@ class CVAEHead(Head):
         kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
         scale = example_weights(w, recon + beta * kl)  # w_i / B
         dx = mlp_backward(net, params, drecon * scale[:, None], cache, grad)  # d/d[s, z] (B, O + L)
-        dz, s = dx[:, O:] * self.input_scale, scale[:, None]
+        dz, s = dx[:, O:], scale[:, None]
         dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
         dlog_std = (
             dz * std * eps + beta * (std * std - 1) * s
@@ -2044,11 +2054,13 @@ def tour(seed=0, steps=1500):
         "categorical": CategoricalHead([-1, 0, 1]),
         "autoregressive": AutoregressiveHead([-1.5], [1.5], bins=15),
         "diffusion": DiffusionHead([-1.5], [1.5]),
+        "cvae": CVAEHead(1, latent_dim=1),
     }
     test = rng.uniform(-1, 1, (2000, 2)).astype(np.float32)
     print(f"{'head':<15}{'final loss':>11}{'mean action':>13}{'near -1':>9}{'near +1':>9}{'near 0':>8}")
-    for name, head in heads.items():  # the diffusion head's noise predictor needs a bigger network
-        policy = Policy(head, 2, rng, hidden=(256, 256, 256) if name == "diffusion" else (64, 64))
+    for name, head in heads.items():  # the diffusion head's noise predictor needs a bigger network; tanh units
+        hidden = (256, 256, 256) if name == "diffusion" else (64, 64)  # keep the CVAE from posterior collapse
+        policy = Policy(head, 2, rng, hidden=hidden, activation="tanh" if name == "cvae" else "relu")
         losses = bc(policy, obs, actions, TrainConfig(steps=steps), rng)
         a = policy.sample(test, rng)[:, 0]
         near = [np.mean(np.abs(a - m) < 0.5) for m in (-1, 1, 0)]

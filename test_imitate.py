@@ -48,7 +48,7 @@ def make_heads(action_dim=2):
         "categorical": im.CategoricalHead(np.array(np.meshgrid(*[[-1, 0, 1]] * action_dim)).reshape(action_dim, -1).T),
         "autoregressive": im.AutoregressiveHead(low, high, bins=4),
         "diffusion": im.DiffusionHead(low, high, steps=10, sample_steps=5, shift=2.0, input_scale=3.0),
-        "cvae": im.CVAEHead(action_dim, latent_dim=2, beta=0.7, samples=8, input_scale=2.0),
+        "cvae": im.CVAEHead(action_dim, latent_dim=2, beta=0.7, samples=8),
     }
 
 
