@@ -448,6 +448,31 @@ def test_autoregressive_head_represents_a_correlated_joint():
     assert off_diagonal < 0.03 and independent > 0.4
 
 
+def test_mixture_components_start_at_the_given_means_with_equal_weights_everywhere():
+    means = np.float32([[-0.5, 0.8], [0.0, 1.0], [0.5, 0.8]])
+    head = im.MixtureHead(2, 3, means=means)
+    policy = im.Policy(head, 2, np.random.default_rng(0), hidden=(16, 16), activation="tanh")
+    obs = np.random.default_rng(1).uniform(-100, 100, (50, 2)).astype(np.float32)  # saturated units, any state
+    logits, mu, log_std, _ = head.split(im.mlp_forward(policy.net, policy.params, obs)[0])
+    assert np.all(logits == 0) and np.all(log_std == 0)  # equal weights; sigma = 1, the middle of [-4, 4]
+    assert np.array_equal(mu, np.broadcast_to(means, mu.shape))
+    fresh = im.Policy(im.MixtureHead(2, 3), 2, np.random.default_rng(0), hidden=(16, 16), activation="tanh")
+    assert np.array_equal(policy.params[: -3 * 5 - 16 * 15], fresh.params[: -3 * 5 - 16 * 15])  # only the last layer
+    assert np.array_equal(policy.init(np.random.default_rng(0)), policy.params)  # a re-init (warm_start=False) too
+    with pytest.raises(ValueError, match="means"):
+        im.MixtureHead(2, 3, means=np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("shift", [0.5, 2.0, 8.0])
+def test_a_shifted_schedule_multiplies_every_signal_to_noise_ratio(shift):
+    base, shifted = im.cosine_schedule(100), im.cosine_schedule(100, shift=shift)
+    snr = lambda ab: ab / (1 - ab)  # noqa: E731
+    assert np.allclose(snr(shifted.alpha_bar), shift**2 * snr(base.alpha_bar), rtol=1e-9)
+    assert np.allclose(np.cumprod(shifted.alpha), shifted.alpha_bar) and np.allclose(shifted.beta, 1 - shifted.alpha)
+    assert np.all(np.diff(shifted.alpha_bar) < 0) and np.all((shifted.beta > 0) & (shifted.beta < 1))
+    assert all(np.array_equal(a, b) for a, b in zip(im.cosine_schedule(100, shift=1.0), base))
+
+
 def test_cosine_schedule_is_well_formed():
     beta, alpha, alpha_bar = im.cosine_schedule(100)
     assert np.all((beta > 0) & (beta <= 0.999)) and np.allclose(alpha, 1 - beta)
