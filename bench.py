@@ -359,8 +359,10 @@ def z_consistency(policy, scale, seed, latents=16, episodes=64):
 
     traj = im.rollout(im.Tree(latents * episodes), act, 40, rng, seed=seed + 5)
     y, x = traj.observations[:, :, 1], traj.observations[:, :, 0]
-    left = (x[np.arange(len(x)), (y >= 0).argmax(1)] < 0).reshape(latents, episodes).mean(1)
-    return float(np.maximum(left, 1 - left).mean()), float(np.mean(left > 0.5))
+    crossed = (y >= 0).any(1).reshape(latents, episodes)  # only episodes that reached the tree's line pick a side
+    went_left = (x[np.arange(len(x)), (y >= 0).argmax(1)] < 0).reshape(latents, episodes)
+    left = (went_left & crossed).sum(1) / np.maximum(crossed.sum(1), 1)
+    return float(np.maximum(left, 1 - left)[crossed.any(1)].mean()), float(np.mean(left[crossed.any(1)] > 0.5))
 
 
 def report_multimodal(r):
@@ -587,7 +589,7 @@ def without_actions(seed, quick, figure):
 
 def observation(seed, quick):
     """BCO against BC with the true actions on the same 16 state-only demonstrations of the goal task, over 3
-    training seeds (2 quick), with the same initial weights and minibatches: only the labels differ. The
+    training seeds (2 quick), with the same initial weights: the labels and the minibatch draws differ. The
     learner explores one uniform random step from each of 2560 starts away from the walls, where every
     transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal)."""
     T, record = 30, {"bco": [], "bc_actions": []}

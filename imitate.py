@@ -51,6 +51,7 @@ Lecture idea -> where it lives:
 """
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -185,14 +186,16 @@ class Buffers(NamedTuple):
 
 
 def buffers(workspace, name, net, x, params):
-    """Network `name`'s buffers for input x, made on first use and kept in the workspace dict (a Policy owns
-    one), one set per batch size and dtype; None without a workspace, and mlp_forward makes fresh ones."""
+    """Network `name`'s buffers for input x, kept in the workspace dict (a Policy owns one): one set per network
+    and dtype, made on first use, remade only for a larger batch; a smaller one gets views of its first rows.
+    None without a workspace, and mlp_forward makes fresh ones. What they hold is overwritten by the next call."""
     if workspace is None:
         return None
-    key = (name, len(x), np.result_type(x, params))
-    if key not in workspace:
-        workspace[key] = Buffers.of(net, *key[1:])
-    return workspace[key]
+    key, rows = (name, net, np.result_type(x, params)), len(x)
+    if key not in workspace or len(workspace[key].z[0]) < rows:
+        workspace[key] = Buffers.of(net, rows, key[2])
+    buf = workspace[key]
+    return buf if len(buf.z[0]) == rows else Buffers(*[[a[:rows] for a in group] for group in buf])
 
 
 def mlp_forward(net, params, x, buf=None):
@@ -336,7 +339,9 @@ def _action_bounds(low, high):
 def example_weights(w, l):
     """w_i / B for L = 1/B sum_i w_i l_i, given per-example losses l (B,). w: None (all ones: BC's mean), an
     array (B,), or a function of l that returns one (PPO's clipped ratio needs the current losses)."""
-    return (np.ones_like(l) if w is None else np.asarray(w(l) if callable(w) else w, l.dtype)) / len(l)
+    if w is None:
+        return np.ones_like(l) / len(l)
+    return check_array("weights", np.asarray(w(l) if callable(w) else w, l.dtype), (len(l),)) / len(l)
 
 
 def weigh(l, dl, w=None):
@@ -651,12 +656,12 @@ def cosine_schedule(steps=100, s=0.008, max_beta=0.999, shift=1.0):
     alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t / N + s) / (1 + s) pi / 2);
     beta_n = min(1 - alpha_bar_n / alpha_bar_{n-1}, max_beta).
     shift k multiplies every level's signal-to-noise ratio alpha_bar / (1 - alpha_bar) by k^2, as if the data were k
-    times larger (a shifted schedule: Hoogeboom, Heek & Salimans 2023; Chen 2023). k > 1 gives more of the levels
-    to detail finer than [-1, 1], such as two modes of an action that lie close together."""
+    times larger (a shifted schedule: Hoogeboom, Heek & Salimans 2023; Chen 2023), after the max_beta cap. k > 1
+    gives more of the levels to detail finer than [-1, 1], such as two modes of an action that lie close together."""
     N = _positive_int("steps", steps)
     if not 0 < max_beta < 1:
         raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < math.inf:
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 < shift < math.inf:
         raise ValueError(f"shift must be a positive finite number, got {shift!r}")
     f = np.cos((np.arange(N + 1) / N + s) / (1 + s) * np.pi / 2) ** 2
     beta = np.minimum(1 - f[1:] / f[:-1], max_beta)
@@ -727,7 +732,7 @@ class DiffusionHead(Head):
         self.low, self.high = _action_bounds(low, high)
         self.action_dim = self.n_out = len(self.low)
         self.schedule = cosine_schedule(steps, shift=shift)
-        if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not 0 < input_scale < math.inf:
+        if isinstance(input_scale, bool) or not isinstance(input_scale, numbers.Real) or not 0 < input_scale < math.inf:
             raise ValueError(f"input_scale must be a positive finite number, got {input_scale!r}")
         self.input_scale = np.float32(input_scale)
         if isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer)):
@@ -1195,8 +1200,8 @@ def road_exact_cost(move_probs, horizon, eps, lanes, persist=0.0, start=0, distr
     check_array("move_probs", probs, (3 * X, 5, 5))
     if np.any(probs < 0) or not np.allclose(probs.sum(2), 1):
         raise ValueError("move_probs rows must be probabilities: non-negative and summing to 1")
-    if not (0 <= eps < 2 / 3 and 0 <= persist < 1):
-        raise ValueError(f"need eps in [0, 2/3) and persist in [0, 1), got {eps}, {persist}")
+    if not (0 <= eps < 2 / 3 and 0 <= persist < 1 and _positive_int("start", start, 0) <= lanes):
+        raise ValueError(f"need eps in [0, 2/3), persist in [0, 1) and start <= lanes, got {eps}, {persist}, {start}")
     keep = persist + (1 - persist) / 3  # P(c' = c); each other turn has (1 - keep) / 2
     P, k = np.zeros((X, 3, 5, X, 3, 5)), np.zeros((X, 3, 5))  # P_pi and k_pi over states (x, c, m)
     for x, c, m, r, a in np.ndindex(X, 3, 5, 3, 5):
@@ -1235,7 +1240,8 @@ class Tree(VectorEnv):
 
     def __init__(self, num_envs=256, horizon=40, cue=False, seed=0):
         super().__init__(num_envs, horizon, seed)
-        self.pos, self.side, self.cue, self.obs_dim = np.zeros((self.num_envs, 2)), np.ones(self.num_envs), cue, 2 + cue
+        self.pos, self.side, self.cue = np.zeros((self.num_envs, 2)), np.ones(self.num_envs), bool(cue)
+        self.obs_dim = 2 + self.cue
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 2))
@@ -1309,6 +1315,7 @@ TRAJECTORY_FIELDS = {  # name: (dtype, shape in terms of n, T, O, A, G; required
     "intervened": (np.bool_, "n T", False),
     "goals": (np.float32, "n G", False),
     "success": (np.bool_, "n", False),
+    "terminal": (np.bool_, "n", False),
 }
 
 
@@ -1324,6 +1331,7 @@ class Trajectories:
     intervened: np.ndarray = None  # (n, T) bool: the expert was in control (HG-DAgger, DAgger's mixture)
     goals: np.ndarray = None  # (n, G) float32: the goal each episode was given
     success: np.ndarray = None  # (n,) bool: the episode ended in success
+    terminal: np.ndarray = None  # (n,) bool: the episode terminated within the window (not truncated)
 
     def __post_init__(self):
         o = self.observations
@@ -1439,7 +1447,9 @@ class History:
     def __init__(self, env, k, action_dim=0):
         self.env, self.k, self.action_dim = env, _positive_int("k", k), _positive_int("action_dim", action_dim, 0)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # everything but the wrapper's own state is the wrapped env's
+        if name == "env" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.env, name)
 
     def reset(self, seed=None, options=None):
@@ -1467,7 +1477,8 @@ class History:
 
     @property
     def obs_dim(self):
-        return self.k * (self.env.obs_dim + self.action_dim)
+        O = getattr(self.env, "obs_dim", None) or math.prod(self.env.single_observation_space.shape)  # or Gymnasium's
+        return self.k * (O + self.action_dim)
 
 
 def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):
@@ -1497,7 +1508,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     observations[:, 0] = obs
     actions, labels = None, None
     costs, mask = np.zeros((n, T), np.float32), np.zeros((n, T), bool)
-    intervened, success = np.zeros((n, T), bool), np.zeros(n, bool)
+    intervened, success, terminal = np.zeros((n, T), bool), np.zeros(n, bool), np.zeros(n, bool)
     alive, in_control, safe_steps = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
     for t in range(T):
         label = None if expert is None else check_array("expert(obs)", np.asarray(expert(obs), np.float32), (n, None))
@@ -1526,6 +1537,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         if "success" in info:
             success = np.where(alive, info["success"], success)
         observations[:, t + 1] = np.where(alive[:, None], obs, observations[:, t])
+        terminal |= alive & terminated
         alive &= ~(terminated | truncated)
         if not alive.any():
             observations[:, t + 2 :] = observations[:, t + 1 : t + 2]
@@ -1539,6 +1551,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         intervened if (beta > 0 or gate is not None) else None,
         None if goals is None else np.asarray(goals, np.float32),
         success if "success" in info else None,
+        terminal,
     )
 
 
@@ -1845,7 +1858,7 @@ def one_shot_loss(policy, encoder, enc_params, demo, real, obs, actions, rng, gr
     P, K, O = obs.shape
     flat = demo.reshape(-1, demo.shape[2])
     z, cache = encode_forward(
-        encoder, enc_params, demo, real, buffers(policy.workspace, "encoder", encoder, flat, enc_params)
+        encoder, enc_params, demo, real, buffers(policy.workspace, "demonstration encoder", encoder, flat, enc_params)
     )
     x = np.concatenate([obs, np.broadcast_to(z[:, None], (P, K, z.shape[1]))], 2).reshape(P * K, -1)  # [s, z]
     head = policy.head
@@ -1877,6 +1890,7 @@ def one_shot(policy, encoder, demos, per, cfg=OneShotConfig(), rng=None):
         t = (rng.random((P, K)) * length[imitated, None]).astype(np.int64)  # real steps of the imitated demos
         s, a = demos.observations[imitated[:, None], t], demos.actions[imitated[:, None], t]  # (P, K, O), (P, K, A)
         loss = one_shot_loss(policy, encoder, enc_params, x[shown], real[shown], s, a, rng, grad, enc_grad)
+        loss = loss if np.isfinite(enc_grad).all() else math.nan  # neither network steps unless both can
         adam_step(opts[0], policy.params, grad, loss, f"one_shot: step {step}")
         adam_step(opts[1], enc_params, enc_grad, loss, f"one_shot: step {step} (encoder)")
     return enc_params
@@ -1911,17 +1925,18 @@ class PPOConfig:
     value: TrainConfig = TrainConfig(steps=60, lr=1e-3, cosine=False)  # the critic's bc after each iteration
 
 
-def gae(rewards, values, mask, gamma, lam):
+def gae(rewards, values, mask, terminal, gamma, lam):
     """A_t = sum_k (gamma lam)^k delta_{t+k}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t); rewards, mask (n, T),
-    values (n, T+1). A row alive at T was cut off by the horizon and V(s_T) bootstraps it; a row that ended
-    earlier terminated (the toy world's episodes end only at the horizon, or by terminating)."""
-    live = np.concatenate([mask[:, 1:], np.ones_like(mask[:, :1])], 1)  # (n, T): s_{t+1} continues the episode
+    values (n, T+1), terminal (n,). At a row's last real step V(s_next) bootstraps the return unless the
+    episode terminated there (terminal); truncated by a horizon, it goes on in V."""
+    ends = mask & ~np.concatenate([mask[:, 1:], np.zeros_like(mask[:, :1])], 1)  # each row's last real step
+    live = np.where(ends, ~np.asarray(terminal, bool)[:, None], True)  # (n, T): s_{t+1} continues the episode
     adv, running = np.zeros_like(rewards), np.zeros(len(rewards), rewards.dtype)
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * live[:, t] * values[:, t + 1] - values[:, t]  # the TD error
-        running = delta + gamma * lam * live[:, t] * running  # A_t = delta_t + gamma lam A_{t+1}
+        running = np.where(mask[:, t], delta + gamma * lam * live[:, t] * running, 0)  # A_t = delta_t + gamma lam A_t+1
         adv[:, t] = running
-    return adv * mask
+    return adv
 
 
 def clipped_weights(l_old, A, clip):
@@ -1931,7 +1946,7 @@ def clipped_weights(l_old, A, clip):
 
     def w(l):
         ratio = np.exp(l_old - l)  # d(-ratio A) = A ratio dl
-        return A * ratio * np.where(A > 0, ratio < 1 + clip, ratio > 1 - clip)
+        return np.where(np.where(A > 0, ratio < 1 + clip, ratio > 1 - clip), A * ratio, 0)
 
     return w
 
@@ -1948,17 +1963,30 @@ def ppo(policy, env, cfg=PPOConfig(), rng=None, reward=None, value=None, evaluat
             "ppo needs a stochastic head with an exact log-likelihood: Gaussian, mixture, categorical or autoregressive"
         )
     value = Policy(L2Head(1), policy.obs_dim, rng) if value is None else value
-    opt, grad, log = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm), np.empty_like(policy.params), []
+    opt, grad, log, env_steps = (
+        Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm),
+        np.empty_like(policy.params),
+        [],
+        0,
+    )
     for it in range(_positive_int("iterations", cfg.iterations)):
-        traj = rollout(env, lambda o: policy.sample(o, rng), cfg.horizon, rng, seed=_seed(rng))  # pi acts
+        sampled = []  # the policy's own actions: the env may clip or round what it executes (Box, Discrete)
+
+        def act(o, sampled=sampled):
+            sampled.append(policy.sample(o, rng))
+            return sampled[-1]
+
+        traj = rollout(env, act, cfg.horizon, rng, seed=_seed(rng))  # pi acts
         obs, mask = traj.observations, traj.mask  # (n, T+1, O), (n, T)
         (n, T), O = mask.shape, obs.shape[2]
-        s, a = obs[:, :-1][mask], traj.actions[mask]  # (B, O), (B, A): the real steps
+        taken = np.zeros((n, T, sampled[0].shape[1]), np.float32)
+        taken[:, : len(sampled)] = np.stack(sampled, 1)
+        s, a = obs[:, :-1][mask], taken[mask]  # (B, O), (B, A): the real steps
         l_old = -policy.log_prob(s, a)  # l = -log pi_old(a | s), fixed during the update
         r = -traj.costs if reward is None else reward(traj) * mask  # (n, T); RL: the reward, not the expert
         r[mask] += cfg.entropy * l_old  # soft RL: r - alpha log pi(a | s)
         v = value.act(obs.reshape(-1, O)).reshape(n, T + 1)  # V(s_t)
-        adv = gae(r, v, mask, cfg.gamma, cfg.lam)
+        adv = gae(r, v, mask, traj.terminal, cfg.gamma, cfg.lam)
         A, target = adv[mask], (adv + v[:, :-1])[mask]  # (B,): the advantages and the critic's targets
         A = (A - A.mean()) / (A.std() + 1e-8)
         for epoch in range(cfg.epochs):
@@ -1967,7 +1995,8 @@ def ppo(policy, env, cfg=PPOConfig(), rng=None, reward=None, value=None, evaluat
                 loss, _ = policy.head.policy_loss(policy.net, policy.params, s[i], a[i], rng, grad, w, policy.workspace)
                 adam_step(opt, policy.params, grad, loss, f"ppo: iteration {it}, epoch {epoch}")
         bc(value, s, target[:, None], cfg.value, rng)
-        notes = dict(iteration=it + 1, env_steps=(it + 1) * int(mask.sum()), reward=float((r * mask).sum(1).mean()))
+        env_steps += int(mask.sum())
+        notes = dict(iteration=it + 1, env_steps=env_steps, reward=float((r * mask).sum(1).mean()))
         log.append(notes | dict(cost=float(traj.total_cost.mean())) | (evaluate(policy) if evaluate else {}))
     return log
 

@@ -122,6 +122,20 @@ def test_a_training_step_allocates_no_large_arrays():
     assert peak < 256 * 256 * 4 / 4
 
 
+def test_the_workspace_keeps_one_buffer_set_per_network_and_never_mixes_two():
+    rng = np.random.default_rng(0)
+    policy = im.Policy(im.CVAEHead(2, latent_dim=2), 3, rng, hidden=(8,))  # two networks: decoder and encoder
+    for B in (5, 40, 7, 40, 3):  # varying batch sizes (PPO's minibatches, episodes that end early)
+        loss, grad = policy.loss(rng.standard_normal((B, 3)).astype(np.float32), np.zeros((B, 2), np.float32), rng)
+        fresh = im.Policy(policy.head, 3, rng, hidden=(8,))
+        fresh.params = policy.params
+        assert np.array_equal(
+            fresh.loss(np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
+            policy.loss(np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
+        )
+    assert len(policy.workspace) == 2 and all(len(b.z[0]) == 40 for b in policy.workspace.values())
+
+
 def test_parameters_are_one_flat_float32_vector_with_named_views():
     net = im.MLP((3, 8, 2))
     params = net.init(np.random.default_rng(0))
@@ -1251,20 +1265,31 @@ def test_equal_weights_give_bcs_gradient_times_the_weight(name):
 
 
 def test_gae_reduces_to_the_return_and_to_the_td_error():
-    """lambda = 1: the discounted return-to-go (bootstrapped at the horizon) minus V; lambda = 0: the TD error.
-    A row that terminated early gets no bootstrap."""
+    """lambda = 1: the discounted return-to-go minus V; lambda = 0: the TD error. A row's last step bootstraps
+    with V(s_next) unless its episode terminated there: rows 0 and 2 terminate (after 4 steps, and at the last
+    step), row 1 is truncated after 5 steps, the others run past the window."""
     rng, (n, T, gamma) = np.random.default_rng(1), (5, 7, 0.9)
     r, v = rng.standard_normal((n, T)), rng.standard_normal((n, T + 1))
-    mask = np.ones((n, T), bool)
-    mask[0, 4:] = False  # row 0 terminated after 4 steps
+    length, terminal = np.array([4, 5, 7, 7, 7]), np.array([True, False, True, False, False])
+    mask = np.arange(T) < length[:, None]
     r *= mask
-    g, returns = np.where(mask[:, -1], v[:, -1], 0), np.zeros((n, T))
-    for t in reversed(range(T)):
-        g = np.where(mask[:, t], r[:, t] + gamma * g, 0)
-        returns[:, t] = g
-    assert np.allclose(im.gae(r, v, mask, gamma, 1.0), (returns - v[:, :-1]) * mask)
-    live = np.concatenate([mask[:, 1:], np.ones((n, 1), bool)], 1)
-    assert np.allclose(im.gae(r, v, mask, gamma, 0.0), (r + gamma * live * v[:, 1:] - v[:, :-1]) * mask)
+    returns, td = np.zeros((n, T)), np.zeros((n, T))
+    for i in range(n):
+        g = 0.0 if terminal[i] else v[i, length[i]]
+        for t in reversed(range(length[i])):
+            live = t < length[i] - 1 or not terminal[i]
+            td[i, t] = r[i, t] + gamma * live * v[i, t + 1] - v[i, t]
+            g = returns[i, t] = r[i, t] + gamma * g
+    assert np.allclose(im.gae(r, v, mask, terminal, gamma, 1.0), (returns - v[:, :-1]) * mask)
+    assert np.allclose(im.gae(r, v, mask, terminal, gamma, 0.0), td)
+
+
+def test_rollout_records_which_episodes_terminated():
+    env = im.Tree(256)
+    traj = im.rollout(env, None, 40, np.random.default_rng(0), expert=env.expert, beta=1.0)
+    assert traj.terminal.all()  # the expert arrives: every episode terminates
+    traj = im.rollout(im.Goals(16, horizon=5), lambda o: np.zeros((len(o), 2), np.float32), 5, np.random.default_rng(0))
+    assert not traj.terminal.any()  # truncated at the horizon
 
 
 class Bandit:
