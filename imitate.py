@@ -801,7 +801,7 @@ class CVAEHead(Head):
         self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
-        if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         self.beta = float(beta)
 
@@ -840,9 +840,8 @@ class CVAEHead(Head):
         dx = mlp_backward(net, params, drecon * scale[:, None], cache, grad)  # d/d[s, z] (B, O + L)
         dz, s = dx[:, O:], scale[:, None]
         dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
-        dlog_std = (
-            dz * std * eps + beta * (std * std - 1) * s
-        )  # dz/dlog sigma = sigma eps; dKL/dlog sigma = sigma^2 - 1
+        # term 1 through z (dz/dlog sigma = sigma eps); term 2: dKL/dlog sigma = sigma^2 - 1
+        dlog_std = dz * std * eps + beta * (std * std - 1) * s
         enc = self.encoder(net)
         dq = np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
         dx_enc = mlp_backward(enc, params[net.n_params :], dq, q_cache, grad[net.n_params :], obs_grad)
@@ -1173,9 +1172,8 @@ class Road(VectorEnv):
         on_road = ~obs[:, 3:].any(1)  # the thermometer features are all zero on the road
         r, c = obs[on_road, :3].argmax(1) - 1, labels[on_road, 0]  # the reading and the turn
         x = np.repeat([x for x in range(-k, k + 1) if x], len(r))  # (2 k N,) the synthetic offsets
-        return self.table[(x + self.lanes) * 3 + np.tile(r, 2 * k) + 1], np.clip(np.tile(c, 2 * k) - x, -2, 2).astype(
-            np.float32
-        )[:, None]
+        labels = np.clip(np.tile(c, 2 * k) - x, -2, 2).astype(np.float32)[:, None]  # the expert at (x, c)
+        return self.table[(x + self.lanes) * 3 + np.tile(r, 2 * k) + 1], labels
 
 
 def road_features(lanes):
@@ -1189,12 +1187,11 @@ def road_features(lanes):
 
 def road_exact_cost(move_probs, horizon, eps, lanes, persist=0.0, start=0, distribution=False):
     """Exact J(pi) for T = 1..horizon from the reset states (x uniform in -start..start, a uniform turn,
-    previous move 0), by
-    propagating the distribution over states (offset x, turn c, previous move m): d_{t+1} = d_t P_pi and
-    J_T = sum_{t<T} d_t k_pi, k_pi the expected cost of one step. move_probs: the policy's probability of
-    each move -2..2 per observation, (n_obs, 5) with rows as in road_features, or (n_obs, 5, 5) indexed
-    [row, previous move + 2, move + 2] for a policy that also sees its previous move. distribution=True
-    also returns the offset's distribution at t = 0 .. horizon - 1, (horizon, 2 lanes + 1)."""
+    previous move 0), by propagating the distribution over states (offset x, turn c, previous move m):
+    d_{t+1} = d_t P_pi and J_T = sum_{t<T} d_t k_pi, k_pi the expected cost of one step. move_probs: the
+    policy's probability of each move -2..2 per observation, (n_obs, 5) with rows as in road_features, or
+    (n_obs, 5, 5) indexed [row, previous move + 2, move + 2] for a policy that also sees its previous move.
+    distribution=True also returns the offset's distribution at t = 0 .. horizon - 1, (horizon, 2 lanes + 1)."""
     X, horizon = 2 * lanes + 1, _positive_int("horizon", horizon)
     probs = np.repeat(move_probs[:, None], 5, 1) if np.ndim(move_probs) == 2 else move_probs  # m unseen
     check_array("move_probs", probs, (3 * X, 5, 5))
@@ -1456,7 +1453,8 @@ class History:
         obs, info = self.env.reset(seed=seed, options=options)
         obs = env_observations(obs, self.env)
         n = len(obs)
-        self.obs, self.acts = np.zeros((n, self.k, obs.shape[1]), np.float32), np.zeros((n, self.k, self.action_dim))
+        self.obs = np.zeros((n, self.k, obs.shape[1]), np.float32)
+        self.acts = np.zeros((n, self.k, self.action_dim), np.float32)
         self.new = np.ones(n, bool)  # rows whose next observation starts an episode
         obs = self.push(obs, np.zeros((n, self.action_dim), np.float32))
         self.new[:] = False
@@ -1800,6 +1798,10 @@ class BCOConfig:
     inverse: TrainConfig = TrainConfig(steps=2000, lr=1e-2)  # the inverse model's bc
     train: TrainConfig = TrainConfig(steps=1000, lr=3e-3)  # the policy's bc
 
+    def __post_init__(self):
+        _positive_int("explore_horizon", self.explore_horizon)
+        _positive_int("alpha", self.alpha, 0)
+
 
 def bco(policy, inverse, env, demos, explore, cfg=BCOConfig(), rng=None, state=slice(None)):
     """BCO (Torabi, Warnell & Stone 2018): imitation from state-only demonstrations. The learner explores with
@@ -1811,7 +1813,7 @@ def bco(policy, inverse, env, demos, explore, cfg=BCOConfig(), rng=None, state=s
     s, s_next = demos.observations[:, :-1][demos.mask], demos.observations[:, 1:][demos.mask]  # no actions needed
     for i in range(cfg.alpha + 1):
         learner = explore if i == 0 else policy.act  # BCO(alpha): the policy explores after the first round
-        new = rollout(env, learner, _positive_int("explore_horizon", cfg.explore_horizon), rng, seed=_seed(rng))
+        new = rollout(env, learner, cfg.explore_horizon, rng, seed=_seed(rng))
         seen = new.transitions() if seen is None else [np.concatenate(x) for x in zip(seen, new.transitions())]
         bc(inverse, np.concatenate([seen[0][:, state], seen[2][:, state]], 1), seen[1], cfg.inverse, rng)
         labels = inverse.act(np.concatenate([s[:, state], s_next[:, state]], 1))  # BCO: inferred actions
@@ -1828,6 +1830,10 @@ class OneShotConfig:
     steps_per_pair: int = 16  # (s, a) pairs drawn from each imitated demonstration
     time_stamp: bool = True  # the encoder reads (s_t, t / T); False: s_t alone, an order-blind bag of states
     train: TrainConfig = TrainConfig(steps=1500, lr=3e-3)
+
+    def __post_init__(self):
+        for name in ("horizon", "pairs", "steps_per_pair"):
+            _positive_int(name, getattr(self, name))
 
 
 def demo_features(demos, cfg=OneShotConfig()):
@@ -1875,6 +1881,10 @@ def one_shot(policy, encoder, demos, per, cfg=OneShotConfig(), rng=None):
     end over many tasks. demos: rows in groups of `per` >= 2 demonstrations of one task, from different starts;
     each step encodes one of a group and imitates another. Returns the encoder's parameters."""
     rng, per = _generator(rng), _positive_int("per", per, 2)
+    if demos.actions is None or len(demos.mask) < per:
+        raise ValueError(
+            f"one_shot needs demonstrations with actions, at least one task of {per}; got {len(demos.mask)}"
+        )
     x, real = demo_features(demos, cfg)
     length, tasks, P, K = demos.mask.sum(1), len(demos.mask) // per, cfg.pairs, cfg.steps_per_pair
     enc_params = encoder.init(rng)
@@ -1912,7 +1922,7 @@ def one_shot_actor(policy, encoder, enc_params, demo, cfg=OneShotConfig()):
 class PPOConfig:
     """PPO-clip with GAE(lambda); each iteration rolls out every sub-environment once."""
 
-    iterations: int = 40  # rollout-then-update rounds: env steps = iterations x num_envs x horizon
+    iterations: int = 40  # rollout-then-update rounds: at most iterations x num_envs x horizon env steps
     horizon: int = 30  # steps per rollout; a row still running there is bootstrapped with V(s_T)
     gamma: float = 0.99  # discount
     lam: float = 0.95  # GAE's lambda: 0 is the one-step TD error, 1 the Monte Carlo return minus V
@@ -1923,6 +1933,18 @@ class PPOConfig:
     max_grad_norm: float = 0.5  # clip the policy gradient's global norm
     entropy: float = 0.0  # alpha of the soft reward r - alpha log pi(a | s): an entropy bonus paid as reward
     value: TrainConfig = TrainConfig(steps=60, lr=1e-3, cosine=False)  # the critic's bc after each iteration
+
+    def __post_init__(self):
+        for name in ("iterations", "horizon", "epochs", "minibatches"):
+            _positive_int(name, getattr(self, name))
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and 0 < self.clip < 1):
+            raise ValueError(
+                f"need gamma and lam in [0, 1] and clip in (0, 1), got {self.gamma}, {self.lam}, {self.clip}"
+            )
+        if not (0 < self.lr < math.inf and 0 <= self.max_grad_norm < math.inf and 0 <= self.entropy < math.inf):
+            raise ValueError(
+                f"need lr > 0, max_grad_norm >= 0, entropy >= 0, got {self.lr}, {self.max_grad_norm}, {self.entropy}"
+            )
 
 
 def gae(rewards, values, mask, terminal, gamma, lam):

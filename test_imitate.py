@@ -428,6 +428,15 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=11), "sample_steps must lie in"),
         (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=0), "sample_steps must lie in"),
         (lambda: im.ddim_sample(None, np.zeros((1, 1)), np.ones(5) * 0.5, 6), "steps must be an integer in"),
+        (lambda: im.PPOConfig(clip=0), "clip in \\(0, 1\\)"),
+        (lambda: im.PPOConfig(gamma=1.5), "gamma and lam in"),
+        (lambda: im.PPOConfig(minibatches=0), "minibatches must be an integer"),
+        (lambda: im.OneShotConfig(pairs=0), "pairs must be an integer"),
+        (lambda: im.BCOConfig(alpha=-1), "alpha must be an integer >= 0"),
+        (lambda: im.CVAEHead(1, beta=-1), "beta must be a finite number"),
+        (lambda: im.Policy(im.L2Head(2), 3, rng).loss(obs, act, rng, weights=np.ones(3)), "weights must have shape"),
+        (lambda: im.road_exact_cost(np.full((21, 5), 0.2), 5, 0.1, 3, start=4), "start <= lanes"),
+        (lambda: im.Goals(4, cost="reward"), "cost 'expert' or 'task'"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
