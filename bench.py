@@ -56,14 +56,14 @@ def road_method(name, T, budget, seed, rng, train):
         if name == "bc_side_cameras":  # 2 SIDE synthetic views of every demonstrated state, labelled by the expert
             synthetic = demo_env.side_cameras(obs, actions, SIDE)
             obs, actions = np.concatenate([obs, synthetic[0]]), np.concatenate([actions, synthetic[1]])
-        im.bc(policy, obs, actions, train, rng)
+        im.bc(policy, obs, actions, rng, train)
         return policy, len(obs), None
     if name == "dagger":
-        result = im.dagger(policy, env, env.expert, cfg, rng)
+        result = im.dagger(policy, env, env.expert, rng, cfg)
     elif name == "dart":
-        result = im.dart(policy, env, env.expert, 0.5, cfg, rng)
+        result = im.dart(policy, env, env.expert, 0.5, rng, cfg)
     elif name == "hg_dagger":  # from a quarter of the budget in demonstrations, then takeovers
-        result = im.hg_dagger(policy, drive, drive.expert, drive.unsafe, *demos(budget // 4)[1], cfg, rng)
+        result = im.hg_dagger(policy, drive, drive.expert, drive.unsafe, *demos(budget // 4)[1], rng, cfg)
     else:  # active DAgger: from 1/32 of the budget in demonstrations, then at most 1/16 per round in queries. The
         # learner errs only w.p. eps per step, so it drives 1024 episodes a round to find uncertain states; its
         # members are narrow (16x16), since wide ones trained on the road alone agree off it (see the README)
@@ -76,7 +76,7 @@ def road_method(name, T, budget, seed, rng, train):
             max(budget // QUERY_SHARE, 1),
             im.Road(1024, T, seed=seed, **ROAD),
         )
-        result = im.active_dagger(im.Ensemble(heads), drive, drive.expert, *first, QUERY_THRESHOLD, queries, cfg, rng)
+        result = im.active_dagger(im.Ensemble(heads), drive, drive.expert, *first, QUERY_THRESHOLD, queries, rng, cfg)
     return result.best, len(result.obs), result
 
 
@@ -313,7 +313,7 @@ def multimodal(seed, quick, figure):
         policy = im.Policy(head, 2, np.random.default_rng(seed), hidden=hidden, activation=activation)
         scale, steps = np.float32(scale), steps // 8 if quick else steps
         start = time.perf_counter()
-        im.bc(policy, obs * scale, actions, im.TrainConfig(steps=steps, lr=lr), rng)
+        im.bc(policy, obs * scale, actions, rng, im.TrainConfig(steps=steps, lr=lr))
         train_seconds = time.perf_counter() - start
 
         def act(o, policy=policy, scale=scale):
@@ -437,10 +437,10 @@ def confusion(seed, quick, figure):
             brake, view = name.endswith("brake"), (lambda o: o) if name.endswith("brake") else (lambda o: o[:, :-1])
             policy = im.Policy(head, obs.shape[1] - (not brake), np.random.default_rng(s))
             if name.startswith("bc"):
-                im.bc(policy, view(obs), labels, train, rng)  # both BCs learn from the same demonstrations
+                im.bc(policy, view(obs), labels, rng, train)  # both BCs learn from the same demonstrations
             else:
                 learner_env = env(n, brake, s + 2)
-                policy = im.dagger(policy, learner_env, learner_env.expert, cfg, rng).best
+                policy = im.dagger(policy, learner_env, learner_env.expert, rng, cfg).best
             wrong = np.abs(
                 policy.act(view(held.observations[:, :-1].reshape(-1, obs.shape[1]))) - held.labels.reshape(-1, 1)
             )
@@ -478,7 +478,7 @@ def non_markovian(seed, quick):
         policy = im.Policy(
             im.MixtureHead(2, 5), obs.shape[1], np.random.default_rng(seed), hidden=(256, 256), activation="tanh"
         )
-        im.bc(policy, obs * 100, actions, im.TrainConfig(steps=steps), rng)
+        im.bc(policy, obs * 100, actions, rng, im.TrainConfig(steps=steps))
         traj = im.rollout(
             make(256 if quick else 1000), lambda o, p=policy: p.sample(o * 100, rng), 40, rng, seed=seed + 2
         )
@@ -547,12 +547,12 @@ def hindsight(seed, quick, figure):
             im.L2Head(2), 2 if name == "bc_no_goal" else 4, np.random.default_rng(seed), hidden=(128, 128)
         )
         if name.startswith("gcbc"):
-            im.hindsight_bc(policy, play, train, rng, strategy=name[5:])
+            im.hindsight_bc(policy, play, rng, train, strategy=name[5:])
         elif name == "bc_no_goal":
-            im.bc(policy, *play.pairs(), train, rng)
+            im.bc(policy, *play.pairs(), rng, train)
         else:
             obs, act = demos.pairs()
-            im.bc(policy, np.concatenate([obs, np.tile(one_goal[:1], (len(obs), 1))], 1), act, train, rng)
+            im.bc(policy, np.concatenate([obs, np.tile(one_goal[:1], (len(obs), 1))], 1), act, rng, train)
 
         def act(obs, policy=policy, name=name):
             return policy.act(obs if name == "bc_no_goal" else np.concatenate([obs, goals], 1))
@@ -618,12 +618,12 @@ def observation(seed, quick):
                     explore_env,
                     demos.states_only(),
                     explore,
-                    cfg,
                     np.random.default_rng(s + 2),
+                    cfg,
                     state=slice(0, 2),
                 )
             else:
-                im.bc(policy, *demos.pairs(), cfg.train, np.random.default_rng(s + 2))
+                im.bc(policy, *demos.pairs(), np.random.default_rng(s + 2), cfg.train)
             record[name].append(
                 im.rollout(evaluation, policy.act, T, rng, seed=s + 3, options={"goals": goals}).success
             )
@@ -659,11 +659,11 @@ def one_shot(seed, quick):
         encoder = im.MLP((2 + time_stamp, 64, 64, E))
         policy = im.Policy(im.L2Head(2), 2 + E, np.random.default_rng(seed))
         c = replace(cfg, time_stamp=time_stamp)
-        actors[name] = im.one_shot_actor(policy, encoder, im.one_shot(policy, encoder, demos, per, c, rng), shown, c)
+        actors[name] = im.one_shot_actor(policy, encoder, im.one_shot(policy, encoder, demos, per, rng, c), shown, c)
     for name in ("no_task", "true_goal"):
         policy = im.Policy(im.L2Head(2), 2 if name == "no_task" else 4, np.random.default_rng(seed))
         told = obs if name == "no_task" else np.concatenate([obs, np.repeat(goals, T, 0)[demos.mask.ravel()]], 1)
-        im.bc(policy, told, actions, im.TrainConfig(steps=300 if quick else 1000), rng)
+        im.bc(policy, told, actions, rng, im.TrainConfig(steps=300 if quick else 1000))
         actors[name] = policy.act if name == "no_task" else (lambda o, p=policy: p.act(np.concatenate([o, test], 1)))
     out = {}
     for name, act in actors.items():
@@ -729,7 +729,7 @@ def beyond(seed, quick):
         return im.GaussianHead(2, log_std_min=math.log(0.1), log_std_max=0.0)
 
     pi_bc = im.Policy(head(), 4, np.random.default_rng(seed))
-    im.bc(pi_bc, *demos.pairs(), im.TrainConfig(steps=500 if quick else 1000, lr=3e-3), rng)
+    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=500 if quick else 1000, lr=3e-3))
     record, a_bc = {"expert": returns(evaluation.expert), "bc": returns(pi_bc.act)}, pi_bc.act(probe)
 
     def agreement(policy):  # the share of probe states where the policy acts within 0.1 of pi_BC
@@ -739,7 +739,7 @@ def beyond(seed, quick):
     for name, lam in [("finetune", None), ("scratch", None), *shaped]:
         policy = im.Policy(head(), 4, np.random.default_rng(seed + 1)) if name == "scratch" else pi_bc.copy()
         reward = None if lam is None else im.shaped_reward(pi_bc, lam)
-        log = im.ppo(policy, env, cfg, rng, reward=reward, evaluate=None if name == "scratch" else agreement)
+        log = im.ppo(policy, env, rng, cfg, reward=reward, evaluate=None if name == "scratch" else agreement)
         row = returns(policy.act) | {"env_steps": log[-1]["env_steps"]}
         if name != "scratch":
             row["agreement"] = [1.0] + [entry["agreement"] for entry in log]  # before and after each update
@@ -771,16 +771,16 @@ def adversarial(seed, quick):
     expert = im.rollout(evaluation, None, T, rng, expert=evaluation.expert, beta=1.0, seed=seed + 2)
     record = {"demos": int(demos.mask.sum()), "expert": {"success": float(np.mean(expert.total_cost <= threshold))}}
     pi_bc, learner, fresh = policy(0), policy(1), policy(2)
-    im.bc(pi_bc, *demos.pairs(), im.TrainConfig(steps=300, lr=3e-3), rng)
+    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=300, lr=3e-3))
     record["bc"] = {"success": success(pi_bc.act), "env_steps": 0}
     initial = learner.copy()
-    D, log = im.gail(learner, env, *demos.pairs(), cfg, rng=rng)
+    D, log = im.gail(learner, env, *demos.pairs(), rng, cfg)
     record["gail"] = {"success": success(learner.act), "env_steps": log[-1]["env_steps"]}
 
     def learned_reward(traj):
         return im.gail_reward(D, traj.observations[:, :-1], traj.actions)  # frozen: IRL's output
 
-    log = im.ppo(fresh, env, cfg, rng, reward=learned_reward)  # no demonstrations
+    log = im.ppo(fresh, env, rng, cfg, reward=learned_reward)  # no demonstrations
     record["irl_fresh"] = {"success": success(fresh.act), "env_steps": log[-1]["env_steps"]}
     trajs = expert, im.rollout(evaluation, lambda o: initial.sample(o, rng), T, rng, seed=seed + 3)
     learned = [(learned_reward(t) * t.mask).sum(1) for t in trajs]
@@ -890,7 +890,7 @@ def mlp_step(seed, reps):
     train_step(), matmuls()
     step, mm = np.min([[best_time(f, 1) for f in (train_step, matmuls)] for _ in range(reps)], 0)  # interleaved
     data = rng.standard_normal((8192, O), dtype=np.float32), rng.standard_normal((8192, A), dtype=np.float32)
-    bc_step = best_time(lambda: im.bc(policy, *data, im.TrainConfig(steps=50), rng), 3) / 50
+    bc_step = best_time(lambda: im.bc(policy, *data, rng, im.TrainConfig(steps=50)), 3) / 50
     return {"ratio": step / mm, "step_seconds": step, "matmul_seconds": mm, "bc_step_seconds": bc_step}
 
 

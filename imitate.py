@@ -242,13 +242,11 @@ class Adam:
     """Adam (Kingma & Ba 2015) whose moments share the parameters' flat layout."""
 
     def __init__(self, n, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, max_norm=0.0):
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {lr}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        self.lr = _real("lr", lr, 0, 1, open_low=True)  # an update moves a parameter by at most about 30 lr
+        if len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if not (eps > 0 and max_norm >= 0):
-            raise ValueError(f"need eps > 0 and max_norm >= 0 (0 turns clipping off), got {eps}, {max_norm}")
-        self.lr, self.betas, self.eps, self.max_norm = float(lr), tuple(map(float, betas)), float(eps), float(max_norm)
+        self.betas = tuple(_real("betas", b, 0, 1, open_high=True) for b in betas)
+        self.eps, self.max_norm = _real("eps", eps, 0, 1, open_low=True), _real("max_norm", max_norm, 0)
         self.m, self.v, self.t = np.zeros(n, np.float32), np.zeros(n, np.float32), 0
 
     def step(self, params, grad):
@@ -306,6 +304,8 @@ def check_array(name, x, shape=None, dtype=None):
     """Raise a ValueError naming x unless it is a finite array of the given shape (None matches any size)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if shape is not None and (x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape))):
         raise ValueError(f"{name} must have shape {tuple('*' if s is None else s for s in shape)}, got {x.shape}")
     if dtype is not None and x.dtype != dtype:
@@ -315,10 +315,39 @@ def check_array(name, x, shape=None, dtype=None):
     return x
 
 
+def as_float32(name, x, shape=None):
+    """x (any array-like of real numbers) as a checked float32 array: integers must be exact in float32 (|x| <=
+    2^24) and floats within its range. An (n,) array where (n, *) is asked for is read as (n, 1): one column."""
+    x = np.asarray(x)
+    check_array(name, x)
+    if shape is not None and len(shape) == 2 and x.ndim == 1:
+        x = x[:, None]
+    if x.dtype.kind in "iu" and x.size and (x.max() > 2**24 or x.min() < -(2**24)):
+        raise ValueError(f"{name} holds integers beyond 2^24, which float32 cannot hold exactly")
+    return check_array(name, x.astype(np.float32, copy=False), shape)
+
+
 def _positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _real(name, value, low=-math.inf, high=math.inf, open_low=False, open_high=False):
+    """A real number (numpy scalars too) in [low, high], or a ValueError naming it; bounds are open if asked."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    ok = ok and (low < value if open_low else low <= value) and (value < high if open_high else value <= high)
+    if not ok:
+        where = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        where = f"{'>' if open_low else '>='} {low:g}" if high == math.inf else where
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return float(value)
+
+
+def _config(name, cfg, kind):
+    if not isinstance(cfg, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(cfg).__name__}")
+    return cfg
 
 
 def _log_std_bounds(lo, hi):
@@ -659,10 +688,8 @@ def cosine_schedule(steps=100, s=0.008, max_beta=0.999, shift=1.0):
     times larger (a shifted schedule: Hoogeboom, Heek & Salimans 2023; Chen 2023), after the max_beta cap. k > 1
     gives more of the levels to detail finer than [-1, 1], such as two modes of an action that lie close together."""
     N = _positive_int("steps", steps)
-    if not 0 < max_beta < 1:
-        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
-    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 < shift < math.inf:
-        raise ValueError(f"shift must be a positive finite number, got {shift!r}")
+    _real("max_beta", max_beta, 0, 1, open_low=True, open_high=True)
+    _real("shift", shift, 1e-3, 1e3)  # SNR times 1e6 at most: beyond that every level is nearly noise-free
     f = np.cos((np.arange(N + 1) / N + s) / (1 + s) * np.pi / 2) ** 2
     beta = np.minimum(1 - f[1:] / f[:-1], max_beta)
     alpha = 1 - beta
@@ -732,9 +759,7 @@ class DiffusionHead(Head):
         self.low, self.high = _action_bounds(low, high)
         self.action_dim = self.n_out = len(self.low)
         self.schedule = cosine_schedule(steps, shift=shift)
-        if isinstance(input_scale, bool) or not isinstance(input_scale, numbers.Real) or not 0 < input_scale < math.inf:
-            raise ValueError(f"input_scale must be a positive finite number, got {input_scale!r}")
-        self.input_scale = np.float32(input_scale)
+        self.input_scale = np.float32(_real("input_scale", input_scale, 1e-3, 1e3))
         if isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer)):
             raise ValueError(f"sample_steps must be an integer, got {sample_steps!r}")
         if not 1 <= sample_steps <= steps:
@@ -801,9 +826,7 @@ class CVAEHead(Head):
         self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = _real("beta", beta, 0)
 
     def net_in(self, obs_dim):
         return obs_dim + self.latent_dim
@@ -872,7 +895,10 @@ class Policy:
     """A head on an MLP. Everything training changes is the one flat float32 vector self.params."""
 
     def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu"):
-        self.head, self.obs_dim = head, _positive_int("obs_dim", obs_dim)
+        self.head, self.obs_dim = _config("head", head, Head), _positive_int("obs_dim", obs_dim)
+        if not isinstance(hidden, (tuple, list)):
+            raise TypeError(f"hidden must be a tuple of layer widths, e.g. (64, 64), got {hidden!r}")
+        hidden = [_positive_int("hidden", h) for h in hidden]
         self.net = MLP((head.net_in(self.obs_dim), *hidden, head.n_out), activation)
         self.params = self.init(_generator(rng))
         self.workspace = {}  # activation buffers per batch size, reused by every training step
@@ -884,37 +910,29 @@ class Policy:
         return params
 
     def check(self, obs, a=None):
-        check_array("obs", obs, (None, self.obs_dim))
+        """obs (B, O) and actions (B, A) as float32, or a clear error; (B,) actions serve a one-dimensional head."""
+        obs = as_float32("obs", obs, (None, self.obs_dim))
         if len(obs) == 0:
             raise ValueError("obs is empty: need at least one observation")
-        if a is not None:
-            check_array("actions", a, (len(obs), self.head.action_dim))
+        return obs if a is None else (obs, as_float32("actions", a, (len(obs), self.head.action_dim)))
 
-    def loss(self, obs, a, rng, weights=None):
-        """The head's loss on a batch, 1/B sum_i w_i l_i (weights None: all ones), and its gradient (params' layout)."""
-        self.check(obs, a)
-        grad = np.empty_like(self.params)
-        loss, _ = self.head.policy_loss(self.net, self.params, obs, a, _generator(rng), grad, weights, self.workspace)
-        return loss, grad
+    def __getstate__(self):  # pickle and deepcopy: the parameters, not the training buffers
+        return {**self.__dict__, "workspace": {}}
 
     def log_prob(self, obs, a):
         """log p(a | s) (B,): a density for continuous actions, a probability for categorical ones."""
-        self.check(obs, a)
-        return self.head.policy_log_prob(self.net, self.params, obs, a)
+        return self.head.policy_log_prob(self.net, self.params, *self.check(obs, a))
 
     def sample(self, obs, rng):
-        self.check(obs)
-        return self.head.policy_sample(self.net, self.params, obs, _generator(rng))
+        return self.head.policy_sample(self.net, self.params, self.check(obs), _generator(rng))
 
     def act(self, obs):
         """The deterministic action: the head's mean or mode."""
-        self.check(obs)
-        return self.head.policy_mode(self.net, self.params, obs)
+        return self.head.policy_mode(self.net, self.params, self.check(obs))
 
     def mean(self, obs):
         """The mean action E[a | s] (for a multimodal head, not an action the policy would take)."""
-        self.check(obs)
-        return self.head.policy_mean(self.net, self.params, obs)
+        return self.head.policy_mean(self.net, self.params, self.check(obs))
 
     def copy(self):
         new = object.__new__(Policy)
@@ -944,23 +962,23 @@ class TrainConfig:
     def __post_init__(self):
         _positive_int("steps", self.steps)
         _positive_int("batch_size", self.batch_size)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if not (isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0):
-            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm!r}")
+        _real("lr", self.lr, 0, 1, open_low=True)
+        _real("max_grad_norm", self.max_grad_norm, 0)
+
+    def step_size(self, step):
+        """Adam's step size at `step`: lr (1 + cos(pi step / steps)) / 2 with cosine, else lr."""
+        return self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps)) if self.cosine else self.lr
 
 
-def bc(policy, obs, actions, cfg=TrainConfig(), rng=None):
+def bc(policy, obs, actions, rng, cfg=TrainConfig()):
     """Behavior cloning: minimise the head's loss on expert pairs by minibatch Adam. Returns the loss history.
     Stops with a ValueError at the first step whose loss or gradient is not finite, before that step's update."""
-    rng = _generator(rng)
-    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
-    policy.check(obs, actions)
+    rng, cfg = _generator(rng), _config("cfg", cfg, TrainConfig)
+    obs, actions = _config("policy", policy, Policy).check(obs, actions)
     opt = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm)
     losses, grad = np.empty(cfg.steps, np.float32), np.empty_like(policy.params)
     for step in range(cfg.steps):
-        if cfg.cosine:  # lr_t = lr (1 + cos(pi t / steps)) / 2
-            opt.lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        opt.lr = cfg.step_size(step)
         i = rng.integers(0, len(obs), cfg.batch_size)
         losses[step], _ = policy.head.policy_loss(
             policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
@@ -1092,7 +1110,7 @@ class VectorEnv:
 
     def __init__(self, num_envs, horizon, seed):
         self.num_envs, self.horizon = _positive_int("num_envs", num_envs), _positive_int("horizon", horizon)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(None if seed is None else _positive_int("seed", seed, 0))
         self.t, self.done = np.zeros(self.num_envs, np.int64), np.ones(self.num_envs, bool)
         self.expert_action = np.zeros((self.num_envs, self.action_dim))  # pi*(s), kept by the kernel
 
@@ -1101,14 +1119,14 @@ class VectorEnv:
 
     def reset(self, seed=None, options=None):
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng(_positive_int("seed", seed, 0))
         self.t[:] = 0
         self.done[:] = False
         _, _, info = self.advance(np.zeros((self.num_envs, self.action_dim)), np.ones(self.num_envs, bool))
         return self.observe(), info
 
     def step(self, actions):
-        actions = check_array("actions", actions, (self.num_envs, self.action_dim)).astype(np.float64)
+        actions = as_float32("actions", actions, (self.num_envs, self.action_dim)).astype(np.float64)
         reset = self.done.copy()  # next-step autoreset
         cost, terminated, info = self.advance(actions, reset)
         self.t = np.where(reset, 0, self.t + 1)
@@ -1419,30 +1437,69 @@ def env_actions(env):
     return lambda a: a
 
 
-def env_observations(obs, env):
+def env_observations(obs, env, where="env.step"):
     """The env's observations as float32 (n, O), or a ValueError for what a policy cannot take as it is."""
-    obs = np.asarray(obs)
-    if (
-        hasattr(getattr(env, "single_observation_space", None), "spaces")
-        or obs.ndim != 2
-        or obs.dtype.kind not in "fiub"
-    ):
+    try:
+        obs = np.asarray(obs)
+    except ValueError:  # ragged per-env observations
+        obs = np.asarray(None)
+    flat = obs.ndim == 2 and obs.dtype.kind in "biuf"
+    if not flat or hasattr(getattr(env, "single_observation_space", None), "spaces"):
         raise ValueError(
-            f"observations must be one flat numeric vector per environment, (num_envs, O); got {obs.dtype} "
+            f"{where} must return one flat numeric observation per environment, (num_envs, O); got {obs.dtype} "
             f"{obs.shape}. Flatten Dict, Tuple or image observations first, e.g. with Gymnasium's FlattenObservation"
         )
-    return obs.astype(np.float32, copy=False)
+    return as_float32(f"{where}'s observations", obs)
+
+
+def env_reset(env, seed=None, options=None):
+    """env.reset(seed=..., options=...) -> (obs (n, O) float32, info dict), checked where it enters."""
+    out = env.reset(seed=seed, options=options)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (dict, type(None)))):
+        raise ValueError("env.reset must return (observations, info), as Gymnasium's vector envs do")
+    mode = str(getattr(getattr(env, "metadata", {}).get("autoreset_mode"), "value", "NextStep"))
+    if mode not in ("NextStep", "SameStep"):  # Gymnasium 1.x: AutoresetMode.DISABLED leaves resets to the caller
+        raise ValueError(f"env's autoreset mode {mode!r} is not supported: make the env with NEXT_STEP or SAME_STEP")
+    return env_observations(out[0], env, "env.reset"), out[1] or {}
+
+
+def env_step(env, actions):
+    """env.step(actions) -> (obs (n, O) float32, rewards (n,) float32, terminated (n,), truncated (n,), info),
+    checked where it enters, and with `last` (n, O) and `ended` (n,) in info: the observation each row's episode
+    ended on and which rows ended AND restarted in this very step. Under next-step autoreset (the toy world,
+    Gymnasium 1.x by default) obs itself is the last one and the next step() restarts the row; under same-step
+    autoreset (Gymnasium 1.x on request, every 0.29 vector env) obs already starts the next episode and Gymnasium
+    keeps the real last one in info["final_obs"] (0.29: "final_observation"), with the rows in "_final_obs"."""
+    n = len(actions)
+    out = env.step(actions)
+    if not (isinstance(out, tuple) and len(out) == 5 and isinstance(out[4], (dict, type(None)))):
+        raise ValueError("env.step must return (observations, rewards, terminations, truncations, info)")
+    obs, reward = env_observations(out[0], env), as_float32("env.step's rewards", out[1], (n,))
+    done = [np.asarray(x) for x in out[2:4]]
+    for name, x in zip(("terminations", "truncations"), done):
+        if x.shape != (n,) or x.dtype.kind not in "biu":
+            raise ValueError(f"env.step's {name} must be (num_envs,) booleans, got {x.dtype} {x.shape}")
+    info, last, ended = dict(out[4] or {}), obs.copy(), np.zeros(n, bool)
+    for key in ("final_obs", "final_observation"):
+        if "_" + key in info:  # same-step autoreset: these rows' real last observations
+            ended = np.asarray(info["_" + key], bool).reshape(n)
+            for i in np.flatnonzero(ended):
+                last[i] = env_observations(np.asarray(info[key][i])[None], env, f"info['{key}']")[0]
+            break
+    return obs, reward, done[0].astype(bool), done[1].astype(bool), info | {"last": last, "ended": ended}
 
 
 class History:
     """Any vector env (the toy world's or Gymnasium's) seen through its last k observations and, with
     action_dim > 0, the k actions executed before them: [o_{t-k+1} .. o_t, a_{t-k} .. a_{t-1}], oldest first.
-    Zeros stand before an episode's first step, and a row's history is cleared on the step that starts its new
-    episode (next-step autoreset), so nothing crosses an episode boundary. Everything else (expert, unsafe,
-    horizon, spaces) is the wrapped env's; the toy world's experts read the true state, not the history."""
+    Zeros stand before an episode's first step, and a row's history is cleared when its new episode starts
+    (the step after it ended under next-step autoreset, the same step under same-step autoreset, where the
+    ended episode's last window goes to info["last"]), so nothing crosses an episode boundary. Everything else
+    (expert, unsafe, horizon, spaces) is the wrapped env's; the toy world's experts read the true state."""
 
     def __init__(self, env, k, action_dim=0):
         self.env, self.k, self.action_dim = env, _positive_int("k", k), _positive_int("action_dim", action_dim, 0)
+        self.obs = None
 
     def __getattr__(self, name):  # everything but the wrapper's own state is the wrapped env's
         if name == "env" or name.startswith("__"):
@@ -1450,33 +1507,45 @@ class History:
         return getattr(self.env, name)
 
     def reset(self, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        obs = env_observations(obs, self.env)
+        obs, info = env_reset(self.env, seed, options)
         n = len(obs)
         self.obs = np.zeros((n, self.k, obs.shape[1]), np.float32)
         self.acts = np.zeros((n, self.k, self.action_dim), np.float32)
         self.new = np.ones(n, bool)  # rows whose next observation starts an episode
-        obs = self.push(obs, np.zeros((n, self.action_dim), np.float32))
-        self.new[:] = False
-        return obs, info
+        return self.push(obs, np.zeros((n, self.action_dim), np.float32)), info
 
     def step(self, actions):
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        obs = self.push(env_observations(obs, self.env), np.asarray(actions, np.float32).reshape(len(obs), -1))
-        self.new = terminated | truncated
-        return obs, reward, terminated, truncated, info
+        if self.obs is None:
+            raise ValueError("History: call reset() before step()")
+        obs, reward, terminated, truncated, info = env_step(self.env, actions)
+        a = as_float32("actions", actions, (len(obs), None))[:, : self.action_dim]
+        last, ended = self.push(info["last"], a), info["ended"]  # where an episode ended: its last window
+        self.obs[ended], self.acts[ended] = 0, 0  # same-step autoreset: obs already starts the next episode
+        self.obs[ended, -1] = obs[ended]
+        self.new = (terminated | truncated) & ~ended  # next-step autoreset: the next observation starts anew
+        info |= {"final_obs": last, "_final_obs": ended} if ended.any() else {}
+        return self.window(), reward, terminated, truncated, info
 
     def push(self, obs, actions):
-        new = self.new[:, None, None]  # a new episode: clear the row; the env ignored its action (autoreset)
-        self.obs = np.concatenate([np.where(new, 0, self.obs[:, 1:]), obs[:, None]], 1)
-        actions = np.where(new[:, 0], 0, actions[:, : self.action_dim])
-        self.acts = np.concatenate([np.where(new, 0, self.acts[:, 1:]), actions[:, None]], 1)
-        return np.concatenate([self.obs.reshape(len(obs), -1), self.acts.reshape(len(obs), -1)], 1).astype(np.float32)
+        """Shift every row's window by one step, appending obs and the action before it; rows in self.new start
+        afresh (zeros before obs, and no action: the env ignored it under next-step autoreset)."""
+        keep = ~self.new[:, None, None]
+        self.obs = np.concatenate([self.obs[:, 1:] * keep, obs[:, None]], 1)
+        self.acts = np.concatenate([self.acts[:, 1:] * keep, actions[:, None] * keep], 1)
+        self.new[:] = False
+        return self.window()
+
+    def window(self):
+        n = len(self.obs)
+        return np.concatenate([self.obs.reshape(n, -1), self.acts.reshape(n, -1)], 1)
 
     @property
     def obs_dim(self):
-        O = getattr(self.env, "obs_dim", None) or math.prod(self.env.single_observation_space.shape)  # or Gymnasium's
-        return self.k * (O + self.action_dim)
+        space = getattr(self.env, "single_observation_space", None)
+        O = getattr(self.env, "obs_dim", None) or getattr(space, "shape", 0)
+        if not O:
+            raise ValueError("History needs env.obs_dim or env.single_observation_space to know the width of a frame")
+        return self.k * ((O if isinstance(O, int) else math.prod(O)) + self.action_dim)
 
 
 def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):
@@ -1489,28 +1558,29 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
                                     row unsafe and back on the row's `handback`-th consecutive safe step
       + N(0, noise^2)               DART: the executed action is perturbed; the label stays the intended one
     With an expert, every visited state is labeled. A row stops recording when its episode ends, so no
-    transition crosses an episode boundary (the env autoresets on the next step)."""
+    transition crosses an episode boundary. A stateful policy (action chunks, a recurrent policy) may have
+    reset(rows): it is called with the rows whose observation starts a new episode before each call."""
     rng = _generator(rng)
+    beta, noise = _real("beta", beta, 0, 1), _real("noise", noise, 0)
     if policy is None and (expert is None or beta < 1):
         raise ValueError("without a policy the expert must act: give expert and beta=1")
-    if not 0 <= beta <= 1 or not noise >= 0:
-        raise ValueError(f"need beta in [0, 1] and noise >= 0, got beta={beta}, noise={noise}")
     if (beta > 0 or gate is not None) and expert is None:
         raise ValueError("beta > 0 and gate need an expert")
     T, handback = _positive_int("T", T), _positive_int("handback", handback)
-    obs, info = env.reset(seed=seed, options=options)
-    obs, to_env = env_observations(obs, env), env_actions(env)
-    goals = info.get("goal") if isinstance(info, dict) else None
-    n = len(obs)
+    obs, info = env_reset(env, seed, options)
+    to_env, goals, n = env_actions(env), info.get("goal"), len(obs)
     observations = np.zeros((n, T + 1, obs.shape[1]), np.float32)
     observations[:, 0] = obs
     actions, labels = None, None
     costs, mask = np.zeros((n, T), np.float32), np.zeros((n, T), bool)
     intervened, success, terminal = np.zeros((n, T), bool), np.zeros(n, bool), np.zeros(n, bool)
     alive, in_control, safe_steps = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
+    new, pending = np.ones(n, bool), np.zeros(n, bool)  # rows starting an episode now / at the next step
     for t in range(T):
-        label = None if expert is None else check_array("expert(obs)", np.asarray(expert(obs), np.float32), (n, None))
-        a = label if policy is None else check_array("policy(obs)", np.asarray(policy(obs), np.float32), (n, None))
+        if hasattr(policy, "reset") and new.any():
+            policy.reset(new)
+        label = None if expert is None else as_float32("expert(obs)", expert(obs), (n, None))
+        a = label if policy is None else as_float32("policy(obs)", policy(obs), (n, None))
         if label is not None and label.shape != a.shape:
             raise ValueError(f"policy(obs) {a.shape} and expert(obs) {label.shape} must have one shape")
         takeover = rng.random(n) < beta if beta > 0 else np.zeros(n, bool)  # DAgger: the expert acts w.p. beta
@@ -1527,29 +1597,30 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
             actions = np.zeros((n, T, a.shape[1]), np.float32)
             labels = None if label is None else np.zeros((n, T, a.shape[1]), np.float32)
         executed = to_env(a)
-        obs, reward, terminated, truncated, info = env.step(executed)
-        obs, executed = env_observations(obs, env), np.asarray(executed, np.float32).reshape(n, -1)
-        actions[:, t], costs[:, t], mask[:, t], intervened[:, t] = executed, -reward, alive, takeover & alive
+        obs, reward, terminated, truncated, info = env_step(env, executed)
+        actions[:, t], costs[:, t], mask[:, t] = executed.reshape(n, -1), -reward, alive
+        intervened[:, t] = takeover & alive
         if labels is not None:
             labels[:, t] = label
         if "success" in info:
             success = np.where(alive, info["success"], success)
-        observations[:, t + 1] = np.where(alive[:, None], obs, observations[:, t])
+        observations[:, t + 1] = np.where(alive[:, None], info["last"], observations[:, t])
         terminal |= alive & terminated
         alive &= ~(terminated | truncated)
+        new, pending = info["ended"] | pending, (terminated | truncated) & ~info["ended"]
         if not alive.any():
             observations[:, t + 2 :] = observations[:, t + 1 : t + 2]
             break
     return Trajectories(
-        observations,
-        actions,
-        costs * mask,
-        mask,
-        labels,
-        intervened if (beta > 0 or gate is not None) else None,
-        None if goals is None else np.asarray(goals, np.float32),
-        success if "success" in info else None,
-        terminal,
+        observations=observations,
+        actions=actions,
+        costs=costs * mask,
+        mask=mask,
+        labels=labels,
+        intervened=intervened if (beta > 0 or gate is not None) else None,
+        goals=None if goals is None else as_float32("info['goal']", goals, (n, None)),
+        success=success if "success" in info else None,
+        terminal=terminal,
     )
 
 
@@ -1577,10 +1648,10 @@ class DaggerConfig:
         _positive_int("handback", self.handback)
         if self.beta not in ("first", "exponential", "linear"):
             raise ValueError(f"beta must be 'first', 'exponential' or 'linear', got {self.beta!r}")
-        if not 0 <= self.p <= 1:
-            raise ValueError(f"p must lie in [0, 1], got {self.p}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        _real("p", self.p, 0, 1)
+        _real("tol", self.tol, 0)
+        _positive_int("val_seed", self.val_seed, 0)
+        _config("train", self.train, TrainConfig)
 
 
 def beta_schedule(kind, rounds, p=0.5):
@@ -1617,7 +1688,7 @@ def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, 
     best. collect(i, learner) -> (Trajectories, where, notes) gives round i's data, the expert's labels at the
     real steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
     data is an expert label, so the log's data size is also the number of labels used. train(policy, obs,
-    actions, cfg.train, rng) retrains: bc, or bootstrap_bc for an ensemble."""
+    actions, rng, cfg.train) retrains: bc, or bootstrap_bc for an ensemble."""
     rng = _generator(rng)
     obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
     act_data = [] if actions is None else [np.asarray(actions, np.float32)]
@@ -1633,7 +1704,7 @@ def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, 
         if not cfg.warm_start:
             for member in getattr(policy, "members", [policy]):
                 member.params = member.init(rng)
-        train(policy, O, A, cfg.train, rng)
+        train(policy, O, A, rng, cfg.train)
         val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=expert, seed=cfg.val_seed)
         cost = float(val.total_cost.mean())
         log.append(dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol)) | notes)
@@ -1649,7 +1720,7 @@ def _interventions(traj):
     return dict(intervention_rate=float(on.sum() / traj.mask.sum()), switches=int(switches))
 
 
-def dagger(policy, env, expert, cfg=DaggerConfig(), rng=None):
+def dagger(policy, env, expert, rng, cfg=DaggerConfig()):
     """DAgger (Ross, Gordon & Bagnell 2011): roll out beta_i pi* + (1 - beta_i) pi_hat_i, let the expert
     label every visited state, aggregate, retrain. Returns the best iterate on validation and the last."""
     betas = beta_schedule(cfg.beta, cfg.rounds, cfg.p)
@@ -1661,11 +1732,11 @@ def dagger(policy, env, expert, cfg=DaggerConfig(), rng=None):
     return interactive(policy, env, expert, cfg, rng, collect)
 
 
-def hg_dagger(policy, env, expert, gate, obs, actions, cfg=DaggerConfig(), rng=None):
+def hg_dagger(policy, env, expert, gate, obs, actions, rng, cfg=DaggerConfig()):
     """HG-DAgger (Kelly et al. 2019): start from BC on demonstrations (obs, actions); the learner drives;
     the expert takes over while gate(obs) flags a row unsafe and hands back once it has recovered.
     Only the expert's takeover segments are added to the data."""
-    bc(policy, np.asarray(obs, np.float32), np.asarray(actions, np.float32), cfg.train, _generator(rng))
+    bc(policy, np.asarray(obs, np.float32), np.asarray(actions, np.float32), _generator(rng), cfg.train)
 
     def collect(i, learner):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, gate=gate, handback=cfg.handback, seed=_seed(rng))
@@ -1674,7 +1745,7 @@ def hg_dagger(policy, env, expert, gate, obs, actions, cfg=DaggerConfig(), rng=N
     return interactive(policy, env, expert, cfg, rng, collect, obs, actions)
 
 
-def dart(policy, env, expert, noise, cfg=DaggerConfig(), rng=None):
+def dart(policy, env, expert, noise, rng, cfg=DaggerConfig()):
     """DART (Laskey et al. 2017): the expert demonstrates with Gaussian noise of std `noise` added to the
     executed action, and each visited state is labeled with the expert's intended action, so the data
     holds small mistakes and the recoveries from them. Each round adds one batch of noisy demonstrations."""
@@ -1718,15 +1789,15 @@ class Ensemble:
         return Ensemble(m.copy() for m in self.members)
 
 
-def bootstrap_bc(ensemble, obs, actions, cfg=TrainConfig(), rng=None):
+def bootstrap_bc(ensemble, obs, actions, rng, cfg=TrainConfig()):
     """BC for every member of an ensemble, each on a bootstrap resample (N pairs drawn with replacement)."""
     rng = _generator(rng)
     for member in ensemble.members:
         i = rng.integers(0, len(obs), len(obs))
-        bc(member, obs[i], actions[i], cfg, rng)
+        bc(member, obs[i], actions[i], rng, cfg)
 
 
-def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, cfg=DaggerConfig(), rng=None):
+def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, rng, cfg=DaggerConfig()):
     """Active DAgger (query by committee; ThriftyDAgger gates on the same novelty, Hoque et al. 2021): start
     from bootstrap BC on demonstrations (obs, actions); the learner drives; the expert labels only visited
     states where the ensemble's uncertainty is above `threshold`, at most `queries` of them per round, the
@@ -1734,7 +1805,7 @@ def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, cfg=D
     the data and the label count.)"""
     rng, queries = _generator(rng), _positive_int("queries", queries)
     obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
-    bootstrap_bc(ensemble, obs, actions, cfg.train, rng)
+    bootstrap_bc(ensemble, obs, actions, rng, cfg.train)
 
     def collect(i, learner):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, seed=_seed(rng))
@@ -1783,10 +1854,10 @@ def augment(obs, expert, noise, copies, rng, columns=slice(None)):
     return synthetic, np.asarray(expert(synthetic), np.float32)
 
 
-def hindsight_bc(policy, traj, cfg=TrainConfig(), rng=None, strategy="future", achieved=slice(0, 2)):
+def hindsight_bc(policy, traj, rng, cfg=TrainConfig(), strategy="future", achieved=slice(0, 2)):
     """Goal-conditioned BC on relabeled trajectories; the policy's observation is [obs, goal]."""
     relabeled = relabel(traj, rng, strategy, achieved)
-    return bc(policy, *relabeled.pairs(), cfg, rng)
+    return bc(policy, *relabeled.pairs(), rng, cfg)
 
 
 @dataclass(frozen=True)
@@ -1801,9 +1872,11 @@ class BCOConfig:
     def __post_init__(self):
         _positive_int("explore_horizon", self.explore_horizon)
         _positive_int("alpha", self.alpha, 0)
+        _config("inverse", self.inverse, TrainConfig)
+        _config("train", self.train, TrainConfig)
 
 
-def bco(policy, inverse, env, demos, explore, cfg=BCOConfig(), rng=None, state=slice(None)):
+def bco(policy, inverse, env, demos, explore, rng, cfg=BCOConfig(), state=slice(None)):
     """BCO (Torabi, Warnell & Stone 2018): imitation from state-only demonstrations. The learner explores with
     explore(obs) -> actions, fits an inverse dynamics model p(a | s, s') (a Policy on [s, s']) by bc on its own
     transitions, labels the demonstrations' transitions with it and clones the labels. BCO(alpha): alpha more
@@ -1815,9 +1888,9 @@ def bco(policy, inverse, env, demos, explore, cfg=BCOConfig(), rng=None, state=s
         learner = explore if i == 0 else policy.act  # BCO(alpha): the policy explores after the first round
         new = rollout(env, learner, cfg.explore_horizon, rng, seed=_seed(rng))
         seen = new.transitions() if seen is None else [np.concatenate(x) for x in zip(seen, new.transitions())]
-        bc(inverse, np.concatenate([seen[0][:, state], seen[2][:, state]], 1), seen[1], cfg.inverse, rng)
+        bc(inverse, np.concatenate([seen[0][:, state], seen[2][:, state]], 1), seen[1], rng, cfg.inverse)
         labels = inverse.act(np.concatenate([s[:, state], s_next[:, state]], 1))  # BCO: inferred actions
-        bc(policy, s, labels, cfg.train, rng)
+        bc(policy, s, labels, rng, cfg.train)
     return len(seen[0])
 
 
@@ -1826,14 +1899,15 @@ class OneShotConfig:
     """One-shot imitation: an encoder of whole demonstrations and a policy on [s, z], trained over many tasks."""
 
     horizon: int = 30  # the encoder's time stamp is t / horizon (fixed, so that padding changes nothing)
-    pairs: int = 16  # demonstration pairs per step: one is encoded, the other imitated
     steps_per_pair: int = 16  # (s, a) pairs drawn from each imitated demonstration
     time_stamp: bool = True  # the encoder reads (s_t, t / T); False: s_t alone, an order-blind bag of states
-    train: TrainConfig = TrainConfig(steps=1500, lr=3e-3)
+    train: TrainConfig = TrainConfig(steps=1500, lr=3e-3)  # batch_size / steps_per_pair demonstration pairs a step
 
     def __post_init__(self):
-        for name in ("horizon", "pairs", "steps_per_pair"):
-            _positive_int(name, getattr(self, name))
+        _positive_int("horizon", self.horizon)
+        _positive_int("steps_per_pair", self.steps_per_pair)
+        if _config("train", self.train, TrainConfig).batch_size < self.steps_per_pair:
+            raise ValueError(f"train.batch_size must be at least steps_per_pair = {self.steps_per_pair}")
 
 
 def demo_features(demos, cfg=OneShotConfig()):
@@ -1876,25 +1950,26 @@ def one_shot_loss(policy, encoder, enc_params, demo, real, obs, actions, rng, gr
     return loss
 
 
-def one_shot(policy, encoder, demos, per, cfg=OneShotConfig(), rng=None):
+def one_shot(policy, encoder, demos, per, rng, cfg=OneShotConfig()):
     """One-shot imitation (Duan et al. 2017): train the policy (on [s, z]) and the demonstration encoder end to
     end over many tasks. demos: rows in groups of `per` >= 2 demonstrations of one task, from different starts;
     each step encodes one of a group and imitates another. Returns the encoder's parameters."""
-    rng, per = _generator(rng), _positive_int("per", per, 2)
-    if demos.actions is None or len(demos.mask) < per:
+    rng, per, cfg = _generator(rng), _positive_int("per", per, 2), _config("cfg", cfg, OneShotConfig)
+    _config("demos", demos, Trajectories)
+    if demos.actions is None or len(demos.mask) < per or not demos.mask.any(1).all():
         raise ValueError(
-            f"one_shot needs demonstrations with actions, at least one task of {per}; got {len(demos.mask)}"
+            f"one_shot needs demonstrations with actions and a real step in every row, at least one task of {per}; "
+            f"got {len(demos.mask)} rows"
         )
     x, real = demo_features(demos, cfg)
-    length, tasks, P, K = demos.mask.sum(1), len(demos.mask) // per, cfg.pairs, cfg.steps_per_pair
+    tasks, K = len(demos.mask) // per, cfg.steps_per_pair
+    length, P = demos.mask.sum(1), cfg.train.batch_size // K
     enc_params = encoder.init(rng)
-    opts = Adam(policy.params.size, cfg.train.lr), Adam(enc_params.size, cfg.train.lr)
+    opts = [Adam(p.size, cfg.train.lr, max_norm=cfg.train.max_grad_norm) for p in (policy.params, enc_params)]
     grad, enc_grad = np.empty_like(policy.params), np.empty_like(enc_params)
     for step in range(cfg.train.steps):
-        for opt in opts:  # lr_t = lr (1 + cos(pi t / steps)) / 2
-            opt.lr = (
-                cfg.train.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.train.steps)) if cfg.train.cosine else opt.lr
-            )
+        for opt in opts:
+            opt.lr = cfg.train.step_size(step)
         task, i = rng.integers(0, tasks, P), rng.integers(0, per, P)
         shown, imitated = task * per + i, task * per + (i + rng.integers(1, per, P)) % per  # one task, two starts
         t = (rng.random((P, K)) * length[imitated, None]).astype(np.int64)  # real steps of the imitated demos
@@ -1937,14 +2012,13 @@ class PPOConfig:
     def __post_init__(self):
         for name in ("iterations", "horizon", "epochs", "minibatches"):
             _positive_int(name, getattr(self, name))
-        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and 0 < self.clip < 1):
-            raise ValueError(
-                f"need gamma and lam in [0, 1] and clip in (0, 1), got {self.gamma}, {self.lam}, {self.clip}"
-            )
-        if not (0 < self.lr < math.inf and 0 <= self.max_grad_norm < math.inf and 0 <= self.entropy < math.inf):
-            raise ValueError(
-                f"need lr > 0, max_grad_norm >= 0, entropy >= 0, got {self.lr}, {self.max_grad_norm}, {self.entropy}"
-            )
+        _real("gamma", self.gamma, 0, 1)
+        _real("lam", self.lam, 0, 1)
+        _real("clip", self.clip, 0, 1, open_low=True, open_high=True)
+        _real("lr", self.lr, 0, 1, open_low=True)
+        _real("max_grad_norm", self.max_grad_norm, 0)
+        _real("entropy", self.entropy, 0)
+        _config("value", self.value, TrainConfig)
 
 
 def gae(rewards, values, mask, terminal, gamma, lam):
@@ -1973,7 +2047,7 @@ def clipped_weights(l_old, A, clip):
     return w
 
 
-def ppo(policy, env, cfg=PPOConfig(), rng=None, reward=None, value=None, evaluate=None):
+def ppo(policy, env, rng, cfg=PPOConfig(), reward=None, value=None, evaluate=None):
     """PPO (Schulman et al. 2017), in place on policy.params. Each iteration: roll out every sub-environment
     with sampled actions, score the steps by GAE(lambda) against the critic, take epochs x minibatches clipped
     steps, then refit the critic (a Policy(L2Head(1), O), trained by bc on A + V). reward(traj) -> (n, T)
@@ -2016,7 +2090,7 @@ def ppo(policy, env, cfg=PPOConfig(), rng=None, reward=None, value=None, evaluat
                 w = clipped_weights(l_old[i], A[i], cfg.clip)  # PPO: the head's own loss, reweighted
                 loss, _ = policy.head.policy_loss(policy.net, policy.params, s[i], a[i], rng, grad, w, policy.workspace)
                 adam_step(opt, policy.params, grad, loss, f"ppo: iteration {it}, epoch {epoch}")
-        bc(value, s, target[:, None], cfg.value, rng)
+        bc(value, s, target[:, None], rng, cfg.value)
         env_steps += int(mask.sum())
         notes = dict(iteration=it + 1, env_steps=env_steps, reward=float((r * mask).sum(1).mean()))
         log.append(notes | dict(cost=float(traj.total_cost.mean())) | (evaluate(policy) if evaluate else {}))
@@ -2042,7 +2116,7 @@ def gail_reward(D, obs, actions):
     return -D.log_prob(x, np.zeros((n * T, 1), np.float32)).reshape(n, T)
 
 
-def gail(policy, env, obs, actions, cfg=PPOConfig(), disc=TrainConfig(steps=40, cosine=False), rng=None, evaluate=None):
+def gail(policy, env, obs, actions, rng, cfg=PPOConfig(), disc=TrainConfig(steps=40, cosine=False), evaluate=None):
     """GAIL (Ho & Ermon 2016): min_pi max_D E_expert[log D] + E_pi[log(1 - D)]. The discriminator D is a
     Policy(CategoricalHead([0, 1]), O + A) on [s, a] (two classes: logistic regression on the logit
     difference), refit by bc before each policy update on as many expert pairs (label 1) as the rollout's
@@ -2058,10 +2132,10 @@ def gail(policy, env, obs, actions, cfg=PPOConfig(), disc=TrainConfig(steps=40, 
         learner = np.concatenate([traj.observations[:, :-1], traj.actions], 2)[traj.mask]  # (B, O + A)
         x = np.concatenate([expert[rng.integers(0, len(expert), len(learner))], learner])  # balanced
         y = np.repeat(np.float32([[1], [0]]), len(learner), 0)  # 1: expert, 0: learner
-        bc(D, x, y, disc, rng)  # GAIL: the discriminator's step
+        bc(D, x, y, rng, disc)  # GAIL: the discriminator's step
         return gail_reward(D, traj.observations[:, :-1], traj.actions)
 
-    return D, ppo(policy, env, cfg, rng, reward=reward, evaluate=evaluate)
+    return D, ppo(policy, env, rng, cfg, reward=reward, evaluate=evaluate)
 
 
 # ---- evaluation ----
@@ -2112,7 +2186,7 @@ def tour(seed=0, steps=1500):
     for name, head in heads.items():  # the diffusion head's noise predictor needs a bigger network; tanh units
         hidden = (256, 256, 256) if name == "diffusion" else (64, 64)  # keep the CVAE from posterior collapse
         policy = Policy(head, 2, rng, hidden=hidden, activation="tanh" if name == "cvae" else "relu")
-        losses = bc(policy, obs, actions, TrainConfig(steps=steps), rng)
+        losses = bc(policy, obs, actions, rng, TrainConfig(steps=steps))
         a = policy.sample(test, rng)[:, 0]
         near = [np.mean(np.abs(a - m) < 0.5) for m in (-1, 1, 0)]
         print(f"{name:<15}{losses[-100:].mean():>11.3f}{a.mean():>13.2f}{near[0]:>9.0%}{near[1]:>9.0%}{near[2]:>8.0%}")

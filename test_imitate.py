@@ -39,6 +39,13 @@ def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-8)
 
 
+def head_loss(policy, obs, a, rng, weights=None):
+    """The head's loss on a batch, 1/B sum_i w_i l_i (weights None: all ones), and its gradient (params' layout)."""
+    grad = np.empty_like(policy.params)
+    loss, _ = policy.head.policy_loss(policy.net, policy.params, obs, a, rng, grad, weights, policy.workspace)
+    return loss, grad
+
+
 def make_heads(action_dim=2):
     low, high = -np.ones(action_dim), np.ones(action_dim)
     return {
@@ -126,12 +133,14 @@ def test_the_workspace_keeps_one_buffer_set_per_network_and_never_mixes_two():
     rng = np.random.default_rng(0)
     policy = im.Policy(im.CVAEHead(2, latent_dim=2), 3, rng, hidden=(8,))  # two networks: decoder and encoder
     for B in (5, 40, 7, 40, 3):  # varying batch sizes (PPO's minibatches, episodes that end early)
-        loss, grad = policy.loss(rng.standard_normal((B, 3)).astype(np.float32), np.zeros((B, 2), np.float32), rng)
+        loss, grad = head_loss(
+            policy, rng.standard_normal((B, 3)).astype(np.float32), np.zeros((B, 2), np.float32), rng
+        )
         fresh = im.Policy(policy.head, 3, rng, hidden=(8,))
         fresh.params = policy.params
         assert np.array_equal(
-            fresh.loss(np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
-            policy.loss(np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
+            head_loss(fresh, np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
+            head_loss(policy, np.ones((B, 3), np.float32), np.zeros((B, 2), np.float32), np.random.default_rng(1))[1],
         )
     assert len(policy.workspace) == 2 and all(len(b.z[0]) == 40 for b in policy.workspace.values())
 
@@ -300,7 +309,7 @@ def test_l2_optimum_is_conditional_mean():
     obs = np.eye(contexts, dtype=np.float32)[c]
     targets = rng.standard_normal((n, 1)).astype(np.float32) + c[:, None] % 2  # noisy targets per context
     policy = im.Policy(im.L2Head(1), contexts, rng, hidden=(32,))
-    im.bc(policy, obs, targets, im.TrainConfig(steps=1500, batch_size=2048, lr=1e-3), rng)
+    im.bc(policy, obs, targets, rng, im.TrainConfig(steps=1500, batch_size=2048, lr=1e-3))
     means = np.array([targets[c == k].mean() for k in range(contexts)])
     assert np.abs(policy.act(np.eye(contexts, dtype=np.float32))[:, 0] - means).max() < 0.05
 
@@ -325,7 +334,7 @@ def bimodal():
     result = {}
     for name, head in heads.items():  # the CVAE with ReLU units collapsed its posterior in 2 of 4 seeds; tanh: 0
         policy = im.Policy(head, 2, rng, hidden=(64, 64), activation="tanh" if name == "cvae" else "relu")
-        im.bc(policy, obs, actions, im.TrainConfig(steps=2000, lr=2e-3), rng)
+        im.bc(policy, obs, actions, rng, im.TrainConfig(steps=2000, lr=2e-3))
         result[name] = policy, policy.act(test_obs)[:, 0], policy.sample(test_obs, rng)[:, 0]
     return result
 
@@ -348,7 +357,7 @@ def test_same_seed_same_parameters_bit_for_bit():
         rng = np.random.default_rng(seed)
         obs = rng.standard_normal((100, 3)).astype(np.float32)
         policy = im.Policy(im.MixtureHead(2, 2), 3, rng)
-        im.bc(policy, obs, obs[:, :2] * 2, im.TrainConfig(steps=20, batch_size=16), rng)
+        im.bc(policy, obs, obs[:, :2] * 2, rng, im.TrainConfig(steps=20, batch_size=16))
         return policy.params
 
     assert np.array_equal(train(3), train(3)) and not np.array_equal(train(3), train(4))
@@ -363,7 +372,7 @@ def test_bc_on_absurd_scales_gives_finite_parameters_or_a_clear_error(name, obs_
     obs = (rng.standard_normal((32, 3)) * 10**obs_exp).astype(np.float32)
     actions = (rng.uniform(-1, 1, (32, 2)) * 10**act_exp).astype(np.float32)
     try:
-        im.bc(policy, obs, actions, im.TrainConfig(steps=4, batch_size=8), rng)
+        im.bc(policy, obs, actions, rng, im.TrainConfig(steps=4, batch_size=8))
     except ValueError as e:
         assert re.search(r"bc: step \d+ has loss .* unscaled observations or actions", str(e))
     assert np.isfinite(policy.params).all()
@@ -385,7 +394,7 @@ def test_a_non_finite_step_stops_bc_before_its_update():
     policy.head = Broken(2)
     obs = rng.standard_normal((64, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="bc: step 3 has loss .* gradient norm nan"):
-        im.bc(policy, obs, obs[:, :2], im.TrainConfig(steps=10), rng)
+        im.bc(policy, obs, obs[:, :2], rng, im.TrainConfig(steps=10))
     assert np.array_equal(policy.params, seen[3]) and not np.array_equal(seen[3], seen[0])
 
 
@@ -394,7 +403,7 @@ def test_float32_stays_float32():
     obs = rng.standard_normal((8, 3)).astype(np.float32)
     for head in make_heads().values():
         policy = im.Policy(head, 3, rng)
-        loss, grad = policy.loss(obs, rng.uniform(-1, 1, (8, 2)).astype(np.float32), rng)
+        loss, grad = head_loss(policy, obs, rng.uniform(-1, 1, (8, 2)).astype(np.float32), rng)
         assert grad.dtype == np.float32 and policy.sample(obs, rng).dtype == np.float32
         assert policy.act(obs).dtype == np.float32
 
@@ -410,13 +419,13 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.bc(policy, obs, np.full((4, 2), np.inf, np.float32), rng=rng), "actions must be finite"),
         (lambda: im.bc(policy, obs[:0], act[:0], rng=rng), "obs is empty"),
         (lambda: im.MixtureHead(2, 0), "components must be an integer >= 1"),
-        (lambda: im.TrainConfig(lr=0), "lr must be a positive"),
-        (lambda: im.TrainConfig(lr=float("nan")), "lr must be a positive"),
+        (lambda: im.TrainConfig(lr=0), "lr must be a finite number in \\(0, 1\\]"),
+        (lambda: im.TrainConfig(lr=float("nan")), "lr must be a finite number"),
         (lambda: im.TrainConfig(batch_size=0), "batch_size"),
         (lambda: im.GaussianHead(2, log_std_min=2, log_std_max=-2), "log_std_min < log_std_max"),
         (lambda: im.GaussianHead(2, log_std_min=-100, log_std_max=0), "log_std_min < log_std_max"),
         (lambda: im.Adam(3).step(np.zeros(3, np.float32), np.zeros(2, np.float32)), "grad must be a contiguous"),
-        (lambda: im.Adam(3, eps=0), "eps > 0"),
+        (lambda: im.Adam(3, eps=0), "eps must be a finite number in \\(0, 1\\]"),
         (lambda: im.road_exact_cost(np.zeros((21, 5)), 5, 0.1, 3), "move_probs rows must be probabilities"),
         (lambda: im.loglog_slope([1, 2], [0, 1]), "positive"),
         (lambda: im.MLP((3, 0, 2)), "sizes"),
@@ -428,13 +437,16 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=11), "sample_steps must lie in"),
         (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=0), "sample_steps must lie in"),
         (lambda: im.ddim_sample(None, np.zeros((1, 1)), np.ones(5) * 0.5, 6), "steps must be an integer in"),
-        (lambda: im.PPOConfig(clip=0), "clip in \\(0, 1\\)"),
-        (lambda: im.PPOConfig(gamma=1.5), "gamma and lam in"),
+        (lambda: im.PPOConfig(clip=0), "clip must be a finite number in \\(0, 1\\)"),
+        (lambda: im.PPOConfig(gamma=1.5), "gamma must be a finite number in \\[0, 1\\]"),
         (lambda: im.PPOConfig(minibatches=0), "minibatches must be an integer"),
-        (lambda: im.OneShotConfig(pairs=0), "pairs must be an integer"),
+        (lambda: im.OneShotConfig(steps_per_pair=0), "steps_per_pair must be an integer"),
         (lambda: im.BCOConfig(alpha=-1), "alpha must be an integer >= 0"),
-        (lambda: im.CVAEHead(1, beta=-1), "beta must be a finite number"),
-        (lambda: im.Policy(im.L2Head(2), 3, rng).loss(obs, act, rng, weights=np.ones(3)), "weights must have shape"),
+        (lambda: im.CVAEHead(1, beta=-1), "beta must be a finite number >= 0"),
+        (
+            lambda: head_loss(im.Policy(im.L2Head(2), 3, rng), obs, act, rng, weights=np.ones(3)),
+            "weights must have shape",
+        ),
         (lambda: im.road_exact_cost(np.full((21, 5), 0.2), 5, 0.1, 3, start=4), "start <= lanes"),
         (lambda: im.Goals(4, cost="reward"), "cost 'expert' or 'task'"),
     ]
@@ -464,7 +476,7 @@ def test_autoregressive_head_represents_a_correlated_joint():
     obs = rng.uniform(-1, 1, (2048, 2)).astype(np.float32)
     actions = rng.choice(np.float32([-1, 1]), (2048, 1)) * np.ones(2, np.float32)
     policy = im.Policy(im.AutoregressiveHead([-1.5, -1.5], [1.5, 1.5], bins=7), 2, rng)
-    im.bc(policy, obs, actions, im.TrainConfig(steps=600, lr=2e-3), rng)
+    im.bc(policy, obs, actions, rng, im.TrainConfig(steps=600, lr=2e-3))
     a = policy.sample(obs[:1000], rng)
     off_diagonal = np.mean(np.sign(a[:, 0]) != np.sign(a[:, 1]))
     independent = 2 * np.mean(a[:, 0] > 0) * np.mean(a[:, 1] < 0)  # the product of the same marginals
@@ -938,7 +950,7 @@ def test_dagger_on_an_env_with_gymnasium_spaces(discrete):
     rng, env = np.random.default_rng(0), SpacedChain(discrete, 64)
     expert = (lambda o: 1 - np.sign(o)) if discrete else chain_expert  # indices 0, 1, 2, or moves
     head = im.CategoricalHead([0, 1, 2]) if discrete else im.GaussianHead(1)
-    result = im.dagger(im.Policy(head, 1, rng, hidden=(16,)), env, expert, tiny(rounds=3), rng)
+    result = im.dagger(im.Policy(head, 1, rng, hidden=(16,)), env, expert, rng, tiny(rounds=3))
     traj = im.rollout(env, result.best.act, 12, rng, expert=expert, seed=5)
     assert traj.actions.shape[2] == 1 and im.disagreement(traj, 0.5) < 0.05
 
@@ -970,7 +982,7 @@ def test_no_transition_crosses_an_episode_boundary():
 def test_dagger_on_a_foreign_vector_env():
     rng = np.random.default_rng(0)
     env, policy = Chain(64), im.Policy(im.L2Head(1), 1, rng, hidden=(16,))
-    result = im.dagger(policy, env, chain_expert, tiny(rounds=3), rng)
+    result = im.dagger(policy, env, chain_expert, rng, tiny(rounds=3))
     assert np.array_equal(result.actions, chain_expert(result.obs))  # only expert labels
     assert [r["data"] for r in result.log] == sorted({r["data"] for r in result.log})  # the data only grows
     expert = im.rollout(env, None, 12, rng, expert=chain_expert, beta=1.0, seed=tiny().val_seed)
@@ -987,7 +999,7 @@ def test_dagger_dataset_grows_and_holds_only_expert_labels():
         return a
 
     policy = im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng)
-    result = im.dagger(policy, env, expert, tiny(rounds=3, horizon=16), rng)
+    result = im.dagger(policy, env, expert, rng, tiny(rounds=3, horizon=16))
     sizes = [r["data"] for r in result.log]
     assert sizes == [64 * 16 * (i + 1) for i in range(3)]  # rounds of 64 rollouts of 16 steps
     given_labels = {tuple(row) for row in np.concatenate(seen)}
@@ -1014,7 +1026,7 @@ def test_hg_dagger_labels_exactly_where_the_gate_was_on():
     assert np.array_equal(traj.actions[~on & traj.mask], learner(traj.observations[:, :-1][~on & traj.mask]))
     demo = im.rollout(env, None, 16, rng, expert=env.expert, beta=1.0, seed=1)
     policy = im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng)
-    result = im.hg_dagger(policy, env, env.expert, env.unsafe, *demo.pairs(), tiny(rounds=4, horizon=16), rng)
+    result = im.hg_dagger(policy, env, env.expert, env.unsafe, *demo.pairs(), rng, tiny(rounds=4, horizon=16))
     rates = [r["intervention_rate"] for r in result.log]
     assert rates[-1] < rates[0]  # the learner needs the expert less and less
 
@@ -1075,7 +1087,7 @@ def test_active_dagger_queries_only_uncertain_states_and_is_reproducible():
         rng = np.random.default_rng(seed)
         ensemble = im.Ensemble(im.Policy(im.CategoricalHead(np.arange(-2, 3)), env.obs_dim, rng) for _ in range(3))
         first = demos.pairs(where=np.arange(64)[:, None] < 8)
-        return im.active_dagger(ensemble, env, env.expert, *first, threshold, queries, tiny(rounds=3, horizon=16), rng)
+        return im.active_dagger(ensemble, env, env.expert, *first, threshold, queries, rng, tiny(rounds=3, horizon=16))
 
     result = run(0)
     sizes = [len(result.obs) - sum(r["queries"] for r in result.log)] + [r["data"] for r in result.log]
@@ -1149,7 +1161,7 @@ def test_where_the_dynamics_are_invertible_bco_infers_the_true_actions():
         return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
 
     cfg = im.BCOConfig(inverse=im.TrainConfig(steps=1000, lr=1e-2), train=im.TrainConfig(steps=10))
-    assert im.bco(policy, inverse, env, demos.states_only(), explore, cfg, rng) == 2560
+    assert im.bco(policy, inverse, env, demos.states_only(), explore, rng, cfg) == 2560
     s, a, s_next = demos.transitions()
     inside = np.all(np.abs(s_next) < 1, 1)  # a wall makes pushing and standing still look the same
     inferred = inverse.act(np.concatenate([s, s_next], 1))
@@ -1172,12 +1184,12 @@ def road_comparison():
     demo_env = im.Road(3 * 128, 16, eps=0.05)
     demos = im.rollout(demo_env, None, 16, rng, expert=demo_env.expert, beta=1.0, seed=2)
     policies = {name: im.Policy(head, env.obs_dim, np.random.default_rng(1)) for name in ("bc", "dagger", "hg", "dart")}
-    im.bc(policies["bc"], *demos.pairs(), cfg.train, rng)
+    im.bc(policies["bc"], *demos.pairs(), rng, cfg.train)
     first_round = demos.pairs(where=np.arange(3 * 128)[:, None] < 128)  # HG-DAgger starts from a third of them
     results = {
-        "dagger": im.dagger(policies["dagger"], env, env.expert, cfg, rng),
-        "hg": im.hg_dagger(policies["hg"], env, env.expert, env.unsafe, *first_round, cfg, rng),
-        "dart": im.dart(policies["dart"], env, env.expert, 0.5, cfg, rng),
+        "dagger": im.dagger(policies["dagger"], env, env.expert, rng, cfg),
+        "hg": im.hg_dagger(policies["hg"], env, env.expert, env.unsafe, *first_round, rng, cfg),
+        "dart": im.dart(policies["dart"], env, env.expert, 0.5, rng, cfg),
     }
 
     def exact(policy):
@@ -1216,7 +1228,7 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
         env, wander = im.Goals(128, horizon=30, start=1.0), im.Goals(256, horizon=20, play=True, start=1.0)
         play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=0)
         policy = im.Policy(heads_for(2, 1.0)[head], 4, rng)
-        im.hindsight_bc(policy, play, im.TrainConfig(steps=1000, lr=3e-3), rng)
+        im.hindsight_bc(policy, play, rng, im.TrainConfig(steps=1000, lr=3e-3))
         goal = np.random.default_rng(1).uniform(-1, 1, (128, 2)).astype(np.float32)
 
         def miss(act):  # mean final distance to the goal
@@ -1230,13 +1242,13 @@ def test_every_algorithm_with_every_head_beats_a_random_policy(algorithm, head):
     policy = im.Policy(heads_for(1, 2.5)[head], env.obs_dim, rng)
     demos = im.rollout(env, None, 8, rng, expert=env.expert, beta=1.0, seed=0)
     if algorithm == "bc":
-        im.bc(policy, *demos.pairs(), cfg.train, rng)
+        im.bc(policy, *demos.pairs(), rng, cfg.train)
     elif algorithm == "dagger":
-        policy = im.dagger(policy, env, env.expert, cfg, rng).best
+        policy = im.dagger(policy, env, env.expert, rng, cfg).best
     elif algorithm == "hg_dagger":
-        policy = im.hg_dagger(policy, env, env.expert, env.unsafe, *demos.pairs(), cfg, rng).best
+        policy = im.hg_dagger(policy, env, env.expert, env.unsafe, *demos.pairs(), rng, cfg).best
     else:
-        policy = im.dart(policy, env, env.expert, 0.5, cfg, rng).best
+        policy = im.dart(policy, env, env.expert, 0.5, rng, cfg).best
     cost = lambda act: im.rollout(env, act, 8, rng, seed=3).total_cost.mean()  # noqa: E731
     assert cost(policy.act) < 0.5 * cost(lambda o: rng.integers(-2, 3, (len(o), 1)).astype(np.float32))
 
@@ -1268,8 +1280,8 @@ def test_equal_weights_give_bcs_gradient_times_the_weight(name):
     rng, head = np.random.default_rng(0), make_heads()[name]
     policy = im.Policy(head, 3, rng, hidden=(8,))
     obs, a = rng.standard_normal((16, 3)).astype(np.float32), rng.uniform(-0.9, 0.9, (16, 2)).astype(np.float32)
-    bc_loss, bc_grad = policy.loss(obs, a, np.random.default_rng(1))
-    loss, grad = policy.loss(obs, a, np.random.default_rng(1), weights=np.full(16, 2.5, np.float32))
+    bc_loss, bc_grad = head_loss(policy, obs, a, np.random.default_rng(1))
+    loss, grad = head_loss(policy, obs, a, np.random.default_rng(1), weights=np.full(16, 2.5, np.float32))
     assert loss == pytest.approx(2.5 * bc_loss, rel=1e-5) and np.allclose(grad, 2.5 * bc_grad, rtol=1e-5, atol=1e-7)
 
 
@@ -1320,7 +1332,7 @@ def test_ppo_moves_probability_to_the_better_arm():
     policy = im.Policy(im.CategoricalHead([0, 1]), 1, rng, hidden=(8,))
     p_better = lambda: np.exp(policy.log_prob(np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32)))[0]  # noqa: E731
     before = p_better()
-    im.ppo(policy, Bandit(), im.PPOConfig(iterations=20, horizon=1, lr=1e-2), rng)
+    im.ppo(policy, Bandit(), rng, im.PPOConfig(iterations=20, horizon=1, lr=1e-2))
     assert before < 0.7 and p_better() > 0.95
 
 
@@ -1348,9 +1360,9 @@ def test_gail_recovers_on_the_road_where_bc_compounds():
     demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=3)
     head = im.CategoricalHead(np.arange(-2.0, 3.0))
     bc, learner = im.Policy(head, env.obs_dim, rng), im.Policy(head, env.obs_dim, rng)
-    im.bc(bc, *demos.pairs(), im.TrainConfig(steps=300, lr=3e-3), rng)
+    im.bc(bc, *demos.pairs(), rng, im.TrainConfig(steps=300, lr=3e-3))
     cfg = im.PPOConfig(iterations=10, horizon=T, lr=3e-3, entropy=0.2)
-    D, log = im.gail(learner, env, *demos.pairs(), cfg, rng=rng)
+    D, log = im.gail(learner, env, *demos.pairs(), rng, cfg)
     success = [np.mean(im.rollout(evaluation, p.act, T, rng, seed=4).total_cost <= 4) for p in (bc, learner)]
     assert success[0] <= 0.5 and success[1] >= success[0] + 0.3 and log[-1]["env_steps"] == 10 * 64 * T
 
@@ -1359,7 +1371,7 @@ def test_ppo_refuses_heads_without_a_usable_likelihood():
     rng = np.random.default_rng(0)
     for head in (im.L2Head(1), im.DiffusionHead([0], [1]), im.CVAEHead(1)):
         with pytest.raises(ValueError, match="ppo needs a stochastic head"):
-            im.ppo(im.Policy(head, 1, rng), Bandit(), im.PPOConfig(iterations=1, horizon=1), rng)
+            im.ppo(im.Policy(head, 1, rng), Bandit(), rng, im.PPOConfig(iterations=1, horizon=1))
 
 
 # ---- documentation ----
