@@ -50,6 +50,7 @@ Lecture idea -> where it lives:
     a reward learned from demonstrations ............... gail, gail_reward
 """
 
+import inspect
 import math
 import numbers
 import os
@@ -135,7 +136,7 @@ class MLP:
     def __post_init__(self):
         if len(self.sizes) < 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in self.sizes):
             raise ValueError(f"sizes must be at least two positive integers, got {self.sizes}")
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
 
     @cached_property
@@ -324,6 +325,8 @@ def as_float32(name, x, shape=None):
         x = x[:, None]
     if x.dtype.kind in "iu" and x.size and (x.max() > 2**24 or x.min() < -(2**24)):
         raise ValueError(f"{name} holds integers beyond 2^24, which float32 cannot hold exactly")
+    if x.dtype.kind == "f" and x.size and np.abs(x).max() > np.finfo(np.float32).max:
+        raise ValueError(f"{name} holds numbers beyond float32's range")
     return check_array(name, x.astype(np.float32, copy=False), shape)
 
 
@@ -344,9 +347,27 @@ def _real(name, value, low=-math.inf, high=math.inf, open_low=False, open_high=F
     return float(value)
 
 
+def _columns(name, index, width):
+    """A slice or a 1-D integer array that selects at least one of `width` columns, or a clear error."""
+    if not isinstance(index, slice):
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu" or not np.all((-width <= index) & (index < width)):
+            raise TypeError(f"{name} must be a slice or a list of column indices below {width}, got {index!r}")
+    if len(np.arange(width)[index]) == 0:
+        raise ValueError(f"{name} selects none of the {width} columns")
+    return index
+
+
+def _callable(name, f, optional=False):
+    if not (callable(f) or (optional and f is None)):
+        raise TypeError(f"{name} must be a function of the observations, got {type(f).__name__}")
+    return f
+
+
 def _config(name, cfg, kind):
     if not isinstance(cfg, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {type(cfg).__name__}")
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"{name} must be a {kinds}, got {type(cfg).__name__}")
     return cfg
 
 
@@ -383,6 +404,11 @@ def weigh(l, dl, w=None):
 
 class Head:
     """Base class: how many network outputs a head needs and how the policy runs the network around it."""
+
+    def __new__(cls, *args, **kwargs):  # remember the constructor's arguments: Policy.save writes them
+        head = super().__new__(cls)
+        head.args = inspect.signature(cls).bind_partial(*args, **kwargs).arguments
+        return head
 
     def net_in(self, obs_dim):
         return obs_dim
@@ -909,12 +935,12 @@ class Policy:
         self.head.init_net(self.net, params[: self.net.n_params])  # a view: writes into params
         return params
 
-    def check(self, obs, a=None):
-        """obs (B, O) and actions (B, A) as float32, or a clear error; (B,) actions serve a one-dimensional head."""
+    def check(self, obs, *actions):
+        """obs (B, O) [and actions (B, A)] as float32, or a clear error; (B,) actions serve a one-dimensional head."""
         obs = as_float32("obs", obs, (None, self.obs_dim))
         if len(obs) == 0:
             raise ValueError("obs is empty: need at least one observation")
-        return obs if a is None else (obs, as_float32("actions", a, (len(obs), self.head.action_dim)))
+        return (obs, *[as_float32("actions", a, (len(obs), self.head.action_dim)) for a in actions]) if actions else obs
 
     def __getstate__(self):  # pickle and deepcopy: the parameters, not the training buffers
         return {**self.__dict__, "workspace": {}}
@@ -934,6 +960,21 @@ class Policy:
         """The mean action E[a | s] (for a multimodal head, not an action the policy would take)."""
         return self.head.policy_mean(self.net, self.params, self.check(obs))
 
+    def save(self, path):
+        """One .npz, without pickles: the head's class and constructor arguments, obs_dim, the hidden widths, the
+        activation and the parameters. load_policy(path) gives back a policy that acts and samples bit for bit
+        like this one. Returns the path written (".npz" appended if missing)."""
+        args = {f"head.{k}": np.asarray(v) for k, v in self.head.args.items() if v is not None}
+        return save_npz(
+            path,
+            head=np.str_(type(self.head).__name__),
+            obs_dim=self.obs_dim,
+            hidden=np.array(self.net.sizes[1:-1]),
+            activation=np.str_(self.net.activation),
+            params=self.params,
+            **args,
+        )
+
     def copy(self):
         new = object.__new__(Policy)
         new.__dict__.update(self.__dict__, params=self.params.copy(), workspace={})
@@ -944,6 +985,56 @@ def _generator(rng):
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     return rng
+
+
+def save_npz(path, **arrays):
+    """Write arrays to a .npz (".npz" appended if missing, as numpy does) through a temporary file and a rename, so
+    that an interrupted save never leaves a half-written file under the name. Returns the path written."""
+    path = Path(path)
+    path = path if path.suffix == ".npz" or path.is_dir() else path.with_name(path.name + ".npz")
+    if path.is_dir():
+        raise ValueError(f"save: {path} is a directory; give a file name, e.g. {path / 'name.npz'}")
+    if any(np.asarray(v).dtype.kind == "O" for v in arrays.values()):
+        raise ValueError(f"save: every field must be a plain array (no objects, no pickles): {sorted(arrays)}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_npz(path, read, kind):
+    """read(z) on the .npz at path, opened without pickles; any failure but a missing file is a ValueError naming
+    the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return read(z)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a truncated or foreign file, a text file, a bad field: whatever went wrong
+        raise ValueError(f"{path}: not a valid {kind} file: {e}") from e
+
+
+def load_policy(path):
+    """The policy Policy.save wrote, checked: a head imitate knows, its arguments, and finite float32 parameters
+    of the network's size."""
+
+    def read(z):
+        heads = {c.__name__: c for c in (L2Head, GaussianHead, MixtureHead, CategoricalHead, AutoregressiveHead)}
+        heads |= {c.__name__: c for c in (DiffusionHead, CVAEHead)}
+        kind = str(z["head"])
+        if kind not in heads:
+            raise ValueError(f"unknown head {kind!r}")
+        args = {k[5:]: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files if k.startswith("head.")}
+        hidden = tuple(int(h) for h in check_array("hidden", z["hidden"], (None,)))
+        policy = Policy(heads[kind](**args), int(z["obs_dim"]), np.random.default_rng(0), hidden, str(z["activation"]))
+        policy.params = check_array("params", z["params"], policy.params.shape, np.float32).copy()
+        return policy
+
+    return load_npz(path, read, "policy")
 
 
 # ---- behavior cloning ----
@@ -1150,11 +1241,8 @@ class Road(VectorEnv):
 
     def __init__(self, num_envs=256, horizon=50, eps=0.01, lanes=3, persist=0.0, start=0, seed=0):
         super().__init__(num_envs, horizon, seed)
-        if not 0 <= eps < 2 / 3:
-            raise ValueError(f"eps must lie in [0, 2/3) (the reading must beat a guess), got {eps}")
-        if not 0 <= persist < 1:
-            raise ValueError(f"persist must lie in [0, 1), got {persist}")
-        self.eps, self.lanes, self.persist = float(eps), _positive_int("lanes", lanes), float(persist)
+        self.eps = _real("eps", eps, 0, 2 / 3, open_high=True)  # the reading must beat a guess
+        self.lanes, self.persist = _positive_int("lanes", lanes), _real("persist", persist, 0, 1, open_high=True)
         self.start = _positive_int("start", start, 0)
         if self.start > self.lanes:
             raise ValueError(f"start must be at most lanes = {self.lanes}, got {start}")
@@ -1290,11 +1378,10 @@ class Goals(VectorEnv):
         self, num_envs=256, horizon=30, play=False, start=0.5, observe_goal=False, cost="expert", speed=1.0, seed=0
     ):
         super().__init__(num_envs, horizon, seed)
-        if not 0 <= start <= 1:
-            raise ValueError(f"start must lie in [0, 1], got {start}")
-        if cost not in ("expert", "task") or not 0 < speed <= 1:
-            raise ValueError(f"need cost 'expert' or 'task' and speed in (0, 1], got {cost!r}, {speed}")
-        self.task, self.speed = cost == "task", float(speed)
+        start, speed = _real("start", start, 0, 1), _real("speed", speed, 0, 1, open_low=True)
+        if cost not in ("expert", "task"):
+            raise ValueError(f"need cost 'expert' or 'task', got {cost!r}")
+        self.task, self.speed = cost == "task", speed
         self.play, self.start, self.observe_goal = bool(play), float(start), bool(observe_goal)
         self.pos, self.goal, self.obs_dim = (
             np.zeros((self.num_envs, 2)),
@@ -1366,6 +1453,10 @@ class Trajectories:
                 sizes["A"] = value.shape[2]
 
     @property
+    def obs_dim(self):
+        return self.observations.shape[2]
+
+    @property
     def total_cost(self):
         return (self.costs * self.mask).sum(1)  # (n,)
 
@@ -1388,36 +1479,65 @@ class Trajectories:
         return replace(self, actions=None, labels=None)
 
     def save(self, path):
-        """Write a .npz (".npz" is appended if missing, as numpy does) through a temporary file and a rename, so
-        that an interrupted save never leaves a half-written file under the name. Returns the path written."""
-        path = Path(path)
-        path = path if path.suffix == ".npz" or path.is_dir() else path.with_name(path.name + ".npz")
-        if path.is_dir():
-            raise ValueError(f"save: {path} is a directory; give a file name, e.g. {path / 'demos.npz'}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: getattr(self, k) for k in TRAJECTORY_FIELDS if getattr(self, k) is not None})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write a .npz through a temporary file (save_npz); returns the path written."""
+        return save_npz(path, **{k: getattr(self, k) for k in TRAJECTORY_FIELDS if getattr(self, k) is not None})
 
     @classmethod
     def load(cls, path):
         """Load a .npz written by save, without pickles, checking shapes, dtypes and finiteness. Any failure to read
         it is a ValueError that names the file (a missing file stays a FileNotFoundError)."""
-        try:
-            with np.load(path, allow_pickle=False) as z:  # an object array would need pickle: refused
-                unknown = set(z.files) - set(TRAJECTORY_FIELDS)
-                missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
-                if unknown or missing:
-                    raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
-                return cls(**{k: z[k] if k in z.files else None for k in TRAJECTORY_FIELDS})
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # a truncated or foreign file, a text file, a bad field: whatever went wrong
-            raise ValueError(f"{path}: not a valid trajectory file: {e}") from e
+
+        def read(z):
+            unknown = set(z.files) - set(TRAJECTORY_FIELDS)
+            missing = {k for k, (_, _, required) in TRAJECTORY_FIELDS.items() if required} - set(z.files)
+            if unknown or missing:
+                raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
+            return cls(**{k: z[k] if k in z.files else None for k in TRAJECTORY_FIELDS})
+
+        return load_npz(path, read, "trajectory")
+
+    @classmethod
+    def from_episodes(cls, episodes):
+        """Episodes of any lengths, as users keep them (Minari's EpisodeData, robomimic's demos, dicts of arrays):
+        each with observations (T_i + 1, O) and actions (T_i, A) or (T_i,), optionally rewards (T_i,) (costs =
+        -rewards), terminations and truncations (T_i,), read as attributes or as keys. Rows are padded to the
+        longest episode: the last observation repeats and the mask marks the real steps."""
+        if not isinstance(episodes, (list, tuple)):
+            raise TypeError(f"episodes must be a list of episodes, got {type(episodes).__name__}")
+        rows = []
+        for i, ep in enumerate(episodes):
+
+            def get(key, ep=ep):
+                return ep.get(key) if isinstance(ep, dict) else getattr(ep, key, None)
+
+            o = as_float32(f"episodes[{i}].observations", get("observations"), (None, None))
+            if len(o) < 2 or get("actions") is None:
+                raise ValueError(f"episodes[{i}] needs observations (T + 1, O) with T >= 1 and actions (T, A)")
+            T = len(o) - 1
+            fields = {"observations": o, "actions": as_float32(f"episodes[{i}].actions", get("actions"), (T, None))}
+            for key in ("rewards", "terminations", "truncations"):
+                if get(key) is not None:
+                    fields[key] = as_float32(f"episodes[{i}].{key}", get(key), (T,))
+            rows.append(fields)
+        if not rows:
+            raise ValueError("episodes is empty: need at least one episode")
+        for key in ("observations", "actions", "rewards", "terminations"):
+            if len({r[key].shape[1:] if key in r else None for r in rows}) > 1:
+                raise ValueError(f"every episode must have {key} of one width (or none have rewards/terminations)")
+        n, T = len(rows), max(len(r["actions"]) for r in rows)
+        out = {"observations": np.zeros((n, T + 1, rows[0]["observations"].shape[1]), np.float32)}
+        out["actions"] = np.zeros((n, T, rows[0]["actions"].shape[1]), np.float32)
+        out["costs"] = np.zeros((n, T), np.float32) if "rewards" in rows[0] else None
+        out["mask"], out["terminal"] = np.arange(T) < np.array([len(r["actions"]) for r in rows])[:, None], None
+        for i, r in enumerate(rows):
+            t = len(r["actions"])
+            out["observations"][i, : t + 1], out["observations"][i, t + 1 :] = r["observations"], r["observations"][-1]
+            out["actions"][i, :t] = r["actions"]
+            if out["costs"] is not None:
+                out["costs"][i, :t] = -r["rewards"]
+        if "terminations" in rows[0]:
+            out["terminal"] = np.array([r["terminations"][-1] != 0 for r in rows])
+        return cls(**out)
 
 
 def env_actions(env):
@@ -1454,6 +1574,8 @@ def env_observations(obs, env, where="env.step"):
 
 def env_reset(env, seed=None, options=None):
     """env.reset(seed=..., options=...) -> (obs (n, O) float32, info dict), checked where it enters."""
+    if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
+        raise TypeError(f"env must be a vector env with reset() and step(), got {type(env).__name__}")
     out = env.reset(seed=seed, options=options)
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (dict, type(None)))):
         raise ValueError("env.reset must return (observations, info), as Gymnasium's vector envs do")
@@ -1567,6 +1689,11 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     if (beta > 0 or gate is not None) and expert is None:
         raise ValueError("beta > 0 and gate need an expert")
     T, handback = _positive_int("T", T), _positive_int("handback", handback)
+    policy, expert, gate = (
+        _callable("policy", policy, True),
+        _callable("expert", expert, True),
+        _callable("gate", gate, True),
+    )
     obs, info = env_reset(env, seed, options)
     to_env, goals, n = env_actions(env), info.get("goal"), len(obs)
     observations = np.zeros((n, T + 1, obs.shape[1]), np.float32)
@@ -1685,16 +1812,24 @@ def disagreement(traj, tol):
 
 def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, train=bc):
     """The loop DAgger, HG-DAgger, DART and active DAgger share: collect, aggregate, retrain, validate, keep the
-    best. collect(i, learner) -> (Trajectories, where, notes) gives round i's data, the expert's labels at the
-    real steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
-    data is an expert label, so the log's data size is also the number of labels used. train(policy, obs,
-    actions, rng, cfg.train) retrains: bc, or bootstrap_bc for an ensemble."""
-    rng = _generator(rng)
+    best. collect(i, learner, expert) -> (Trajectories, where, notes) gives round i's data, the expert's labels at
+    the real steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
+    data is an expert label, so the log's `labels` is the number of labels used; `expert_calls` counts every state
+    the expert was asked about (rows whose episode had ended and the validation rollouts too). Validation uses
+    the same episodes every round (cfg.val_seed); of tied iterates the later one, trained on more data, is best.
+    train(policy, obs, actions, rng, cfg.train) retrains: bc, or bootstrap_bc for an ensemble."""
+    rng, cfg, calls = _generator(rng), _config("cfg", cfg, DaggerConfig), [0]
+    expert, policy = _callable("expert", expert), _config("policy", policy, (Policy, Ensemble))
+
+    def asked(obs):  # the expert, counting the states it is asked about
+        calls[0] += len(obs)
+        return expert(obs)
+
     obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
     act_data = [] if actions is None else [np.asarray(actions, np.float32)]
     best, best_cost, log, iterates = None, np.inf, [], []
     for i in range(cfg.rounds):
-        traj, where, notes = collect(i, actor(policy, rng, cfg.stochastic))
+        traj, where, notes = collect(i, actor(policy, rng, cfg.stochastic), asked)
         o, a = traj.pairs(where=where)  # the expert labels the states the rollout visited
         obs_data.append(o)
         act_data.append(a)
@@ -1705,11 +1840,11 @@ def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, 
             for member in getattr(policy, "members", [policy]):
                 member.params = member.init(rng)
         train(policy, O, A, rng, cfg.train)
-        val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=expert, seed=cfg.val_seed)
-        cost = float(val.total_cost.mean())
-        log.append(dict(round=i + 1, data=len(O), labels=len(O), cost=cost, error=disagreement(val, cfg.tol)) | notes)
+        val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=asked, seed=cfg.val_seed)
+        cost, error = float(val.total_cost.mean()), disagreement(val, cfg.tol)
+        log.append(dict(round=i + 1, data=len(O), labels=len(O), expert_calls=calls[0], cost=cost, error=error) | notes)
         iterates.append(policy.copy())
-        if cost < best_cost:
+        if cost <= best_cost:
             best, best_cost = iterates[-1], cost
     return Result(best, iterates[-1], log, O, A, iterates)
 
@@ -1723,9 +1858,10 @@ def _interventions(traj):
 def dagger(policy, env, expert, rng, cfg=DaggerConfig()):
     """DAgger (Ross, Gordon & Bagnell 2011): roll out beta_i pi* + (1 - beta_i) pi_hat_i, let the expert
     label every visited state, aggregate, retrain. Returns the best iterate on validation and the last."""
+    expert, cfg = _callable("expert", expert), _config("cfg", cfg, DaggerConfig)
     betas = beta_schedule(cfg.beta, cfg.rounds, cfg.p)
 
-    def collect(i, learner):
+    def collect(i, learner, expert):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, beta=float(betas[i]), seed=_seed(rng))
         return traj, None, {"beta": float(betas[i])}  # DAgger: every visited state is labeled, whoever acted
 
@@ -1736,9 +1872,10 @@ def hg_dagger(policy, env, expert, gate, obs, actions, rng, cfg=DaggerConfig()):
     """HG-DAgger (Kelly et al. 2019): start from BC on demonstrations (obs, actions); the learner drives;
     the expert takes over while gate(obs) flags a row unsafe and hands back once it has recovered.
     Only the expert's takeover segments are added to the data."""
-    bc(policy, np.asarray(obs, np.float32), np.asarray(actions, np.float32), _generator(rng), cfg.train)
+    expert, gate, cfg = _callable("expert", expert), _callable("gate", gate), _config("cfg", cfg, DaggerConfig)
+    bc(policy, obs, actions, rng, cfg.train)
 
-    def collect(i, learner):
+    def collect(i, learner, expert):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, gate=gate, handback=cfg.handback, seed=_seed(rng))
         return traj, traj.intervened, _interventions(traj)  # HG-DAgger: only where the expert was in control
 
@@ -1749,10 +1886,10 @@ def dart(policy, env, expert, noise, rng, cfg=DaggerConfig()):
     """DART (Laskey et al. 2017): the expert demonstrates with Gaussian noise of std `noise` added to the
     executed action, and each visited state is labeled with the expert's intended action, so the data
     holds small mistakes and the recoveries from them. Each round adds one batch of noisy demonstrations."""
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    noise, cfg = _real("noise", noise, 0), _config("cfg", cfg, DaggerConfig)
+    _config("policy", policy, Policy)
 
-    def collect(i, learner):
+    def collect(i, learner, expert):
         traj = rollout(env, None, cfg.horizon, rng, expert=expert, beta=1.0, noise=noise, seed=_seed(rng))
         return traj, None, {"noise": float(noise)}  # DART: the expert acts, perturbed; labels are its intentions
 
@@ -1768,7 +1905,7 @@ class Ensemble:
     member acts; the spread of the members' mean actions measures how unsure the learner is."""
 
     def __init__(self, members):
-        self.members = list(members)
+        self.members = [_config("members", m, Policy) for m in members]
         if len(self.members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(self.members)}")
 
@@ -1803,11 +1940,12 @@ def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, rng, 
     states where the ensemble's uncertainty is above `threshold`, at most `queries` of them per round, the
     most uncertain first. (The toy expert is asked at every step for convenience; only queried labels enter
     the data and the label count.)"""
-    rng, queries = _generator(rng), _positive_int("queries", queries)
-    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
+    rng, queries, threshold = _generator(rng), _positive_int("queries", queries), _real("threshold", threshold, 0)
+    expert, cfg = _callable("expert", expert), _config("cfg", cfg, DaggerConfig)
+    obs, actions = _config("ensemble", ensemble, Ensemble).members[0].check(obs, actions)
     bootstrap_bc(ensemble, obs, actions, rng, cfg.train)
 
-    def collect(i, learner):
+    def collect(i, learner, expert):
         traj = rollout(env, learner, cfg.horizon, rng, expert=expert, seed=_seed(rng))
         states = traj.observations[:, :-1]
         u = np.where(
@@ -1826,9 +1964,11 @@ def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
     reached. Returns new Trajectories whose observations have a goal appended: obs[..., achieved] of the
     episode's final state ("final"), or of a uniformly drawn strictly later state t2 > t ("future").
     The executed actions become the labels. traj is not modified."""
-    if strategy not in ("future", "final"):
+    if not isinstance(strategy, str) or strategy not in ("future", "final"):
         raise ValueError(f"strategy must be 'future' or 'final', got {strategy!r}")
-    rng = _generator(rng)
+    rng, achieved = _generator(rng), _columns("achieved", achieved, _config("traj", traj, Trajectories).obs_dim)
+    if traj.actions is None:
+        raise ValueError("relabel needs the executed actions: these trajectories are states only")
     n, T1, _ = traj.observations.shape
     length = traj.mask.sum(1)  # (n,) real steps; the final state is observations[:, length]
     t = np.arange(T1)[None, :]  # (1, T+1)
@@ -1839,19 +1979,20 @@ def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
         t2 = np.minimum(t2, length[:, None])
     goal = traj.observations[np.arange(n)[:, None], t2][..., achieved]  # (n, T+1, G)
     observations = np.concatenate([traj.observations, goal], 2)
-    return Trajectories(observations, traj.actions.copy(), traj.costs.copy(), traj.mask.copy(), traj.actions.copy())
+    costs = None if traj.costs is None else traj.costs.copy()
+    return Trajectories(observations, traj.actions.copy(), costs, traj.mask.copy(), labels=traj.actions.copy())
 
 
 def augment(obs, expert, noise, copies, rng, columns=slice(None)):
     """Synthetic recovery data for continuous tasks: `copies` perturbed copies of every demonstrated
     observation, with N(0, noise^2) added to `columns`, each labelled by expert(perturbed observations). The
     expert must read the state from the observation (e.g. a goal-conditioned [position, goal])."""
-    rng, copies = _generator(rng), _positive_int("copies", copies)
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    synthetic = np.repeat(np.asarray(obs, np.float32), copies, 0)
+    rng, copies, noise = _generator(rng), _positive_int("copies", copies), _real("noise", noise, 0)
+    _callable("expert", expert)
+    synthetic = np.repeat(as_float32("obs", obs, (None, None)), copies, 0)
+    columns = _columns("columns", columns, synthetic.shape[1])
     synthetic[:, columns] += np.float32(noise) * rng.standard_normal(synthetic[:, columns].shape, dtype=np.float32)
-    return synthetic, np.asarray(expert(synthetic), np.float32)
+    return synthetic, as_float32("expert(synthetic)", expert(synthetic), (len(synthetic), None))
 
 
 def hindsight_bc(policy, traj, rng, cfg=TrainConfig(), strategy="future", achieved=slice(0, 2)):
@@ -1882,7 +2023,9 @@ def bco(policy, inverse, env, demos, explore, rng, cfg=BCOConfig(), state=slice(
     transitions, labels the demonstrations' transitions with it and clones the labels. BCO(alpha): alpha more
     rounds in which the policy explores and the inverse model is refitted on everything seen. The inverse model
     sees the observation columns `state` (those the dynamics depend on: not a goal). Returns the exploration steps."""
-    rng, seen = _generator(rng), None
+    rng, seen, cfg = _generator(rng), None, _config("cfg", cfg, BCOConfig)
+    explore, inverse = _callable("explore", explore), _config("inverse", inverse, Policy)
+    state = _columns("state", state, _config("demos", demos, Trajectories).obs_dim)
     s, s_next = demos.observations[:, :-1][demos.mask], demos.observations[:, 1:][demos.mask]  # no actions needed
     for i in range(cfg.alpha + 1):
         learner = explore if i == 0 else policy.act  # BCO(alpha): the policy explores after the first round
@@ -2053,12 +2196,13 @@ def ppo(policy, env, rng, cfg=PPOConfig(), reward=None, value=None, evaluate=Non
     steps, then refit the critic (a Policy(L2Head(1), O), trained by bc on A + V). reward(traj) -> (n, T)
     replaces the env's r = -cost (shaping, GAIL); evaluate(policy) -> dict is logged after every iteration.
     Needs a head with a stochastic policy and an exact log-likelihood. Returns the log, a dict per iteration."""
-    rng = _generator(rng)
-    if isinstance(policy.head, (L2Head, DiffusionHead, CVAEHead)):
+    rng, cfg = _generator(rng), _config("cfg", cfg, PPOConfig)
+    reward, evaluate = _callable("reward", reward, True), _callable("evaluate", evaluate, True)
+    if isinstance(_config("policy", policy, Policy).head, (L2Head, DiffusionHead, CVAEHead)):
         raise ValueError(
             "ppo needs a stochastic head with an exact log-likelihood: Gaussian, mixture, categorical or autoregressive"
         )
-    value = Policy(L2Head(1), policy.obs_dim, rng) if value is None else value
+    value = Policy(L2Head(1), policy.obs_dim, rng) if value is None else _config("value", value, Policy)
     opt, grad, log, env_steps = (
         Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm),
         np.empty_like(policy.params),
@@ -2079,7 +2223,7 @@ def ppo(policy, env, rng, cfg=PPOConfig(), reward=None, value=None, evaluate=Non
         taken[:, : len(sampled)] = np.stack(sampled, 1)
         s, a = obs[:, :-1][mask], taken[mask]  # (B, O), (B, A): the real steps
         l_old = -policy.log_prob(s, a)  # l = -log pi_old(a | s), fixed during the update
-        r = -traj.costs if reward is None else reward(traj) * mask  # (n, T); RL: the reward, not the expert
+        r = -traj.costs if reward is None else as_float32("reward(traj)", reward(traj), (n, T)) * mask  # RL: reward
         r[mask] += cfg.entropy * l_old  # soft RL: r - alpha log pi(a | s)
         v = value.act(obs.reshape(-1, O)).reshape(n, T + 1)  # V(s_t)
         adv = gae(r, v, mask, traj.terminal, cfg.gamma, cfg.lam)
@@ -2123,8 +2267,8 @@ def gail(policy, env, obs, actions, rng, cfg=PPOConfig(), disc=TrainConfig(steps
     (label 0); PPO maximises r = -log(1 - D(s, a)). obs, actions: the demonstrations. GAIL's objective has an
     entropy term, cfg.entropy: a learner more deterministic than the demonstrator makes D rate the
     demonstrator's rare actions above its common ones. Returns D (the learned reward) and PPO's log."""
-    rng = _generator(rng)
-    obs, actions = np.asarray(obs, np.float32), np.asarray(actions, np.float32)
+    rng, disc = _generator(rng), _config("disc", disc, TrainConfig)
+    obs, actions = _config("policy", policy, Policy).check(obs, actions)
     D = Policy(CategoricalHead([0, 1]), obs.shape[1] + actions.shape[1], rng)
     expert = np.concatenate([obs, actions], 1)  # (N, O + A)
 

@@ -2,6 +2,7 @@
 jitted kernels against their Python originals, and a tiny end-to-end run of every algorithm."""
 
 import os
+import pickle
 import re
 import tracemalloc
 import types
@@ -1403,3 +1404,308 @@ def test_ci_runs_the_readmes_test_command():
     commands = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)[0].splitlines()
     test_command = commands[1].split("#")[0].strip()
     assert test_command in (README.parent / ".ci" / "run").read_text()
+
+
+# ---- what users bring ----
+
+
+class Walker:
+    """A pure-Python vector env that can autoreset in each of Gymnasium's ways: "next" (1.x's default), "same"
+    (1.x with SAME_STEP: the real last observation in info["final_obs"]), "0.29" (info["final_observation"], no
+    metadata) or "disabled". Row i's k-th episode starts at starts[i, k] and lasts at most lengths[i, k] steps
+    (or ends at 0), whatever the mode, so every mode plays the same episodes."""
+
+    def __init__(self, num_envs=16, mode="next"):
+        self.num_envs, self.mode = num_envs, mode
+        names = {"same": "SameStep", "disabled": "Disabled", "next": "NextStep"}
+        if mode in names:
+            self.metadata = {"autoreset_mode": types.SimpleNamespace(value=names[mode])}
+
+    def reset(self, seed=None, options=None):
+        rng = np.random.default_rng(seed)
+        self.starts, self.lengths = rng.integers(-3, 4, (self.num_envs, 99)), rng.integers(2, 7, (self.num_envs, 99))
+        self.k, self.left = np.zeros(self.num_envs, int), self.lengths[:, 0].copy()
+        self.x, self.pending = self.starts[:, 0].astype(f64), np.zeros(self.num_envs, bool)
+        return self.x[:, None].astype(np.float32), {}
+
+    def restart(self, rows):
+        self.k[rows] += 1
+        self.x[rows], self.left[rows] = self.starts[rows, self.k[rows]], self.lengths[rows, self.k[rows]]
+
+    def step(self, actions):
+        rows = np.arange(self.num_envs)
+        fresh, info = self.pending.copy(), {}
+        self.x = np.where(fresh, self.x, self.x + np.clip(np.round(np.asarray(actions, f64).reshape(-1)), -1, 1))
+        self.left -= ~fresh
+        terminated, truncated = ~fresh & (self.x == 0), ~fresh & (self.x != 0) & (self.left <= 0)
+        self.restart(fresh)
+        ended, reward = terminated | truncated, np.where(fresh, 0.0, -np.abs(self.x))
+        if self.mode == "next":
+            self.pending = ended
+        else:  # same step: the ended rows restart now, their last observation goes to info
+            key = "final_obs" if self.mode == "same" else "final_observation"
+            final = np.array([self.x[i : i + 1].astype(np.float32) if e else None for i, e in zip(rows, ended)], object)
+            info = {key: final, f"_{key}": ended} if ended.any() else {}
+            self.restart(ended)
+        return self.x[:, None].astype(np.float32), reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_same_step_autoreset_records_the_same_episodes_as_next_step(k):
+    def record(mode):
+        env = Walker(32, mode) if k is None else im.History(Walker(32, mode), k, action_dim=1)
+        rng = np.random.default_rng(0)
+        return im.rollout(env, lambda o: rng.integers(-1, 2, (len(o), 1)), 12, rng, seed=3)
+
+    base = record("next")
+    assert (~base.mask).any() and base.terminal.any()  # episodes ended inside the window, some at 0
+    for mode in ("same", "0.29"):
+        other = record(mode)
+        for name in ("observations", "actions", "costs", "mask", "terminal"):
+            assert np.array_equal(getattr(base, name), getattr(other, name)), (mode, name)
+    with pytest.raises(ValueError, match="autoreset mode 'Disabled' is not supported"):
+        record("disabled")
+
+
+@pytest.mark.parametrize("mode", ["next", "same"])
+def test_a_stateful_actor_is_reset_exactly_where_episodes_start(mode):
+    env, resets = Walker(64, mode), []
+
+    class Actor:  # checks that the rows it is told to reset are those whose observation starts an episode
+        def reset(self, rows):
+            resets.append(rows.copy())
+
+        def __call__(self, obs):
+            started = env.k != getattr(self, "k", -1)  # the env's episode counter moved on since the last call
+            assert np.array_equal(resets.pop() if resets else np.zeros(len(obs), bool), started)
+            self.k = env.k.copy()
+            return np.zeros((len(obs), 1), np.float32)
+
+    actor = Actor()
+    traj = im.rollout(env, actor, 12, np.random.default_rng(0), seed=1)
+    assert (env.k > 0).any() and traj.mask.any()  # some rows started a second episode inside the rollout
+
+
+def test_integer_experts_and_labels_as_users_have_them():
+    rng, env = np.random.default_rng(0), SpacedChain(True, 32)
+    expert = lambda o: (1 - np.sign(o[:, 0])).astype(np.int64)  # noqa: E731  (n,) indices, as SB3's predict gives
+    result = im.dagger(im.Policy(im.CategoricalHead([0, 1, 2]), 1, rng, hidden=(16,)), env, expert, rng, tiny(rounds=2))
+    assert result.actions.shape[1] == 1 and result.log[-1]["error"] < 0.05
+    policy = im.Policy(im.L2Head(1), 2, rng, hidden=(8,))
+    im.bc(policy, np.zeros((6, 2)), np.arange(6), rng, im.TrainConfig(steps=2))  # (N,) integer labels
+    with pytest.raises(ValueError, match="integers beyond 2\\^24"):
+        im.bc(policy, np.zeros((2, 2)), np.array([0, 2**24 + 1]), rng)
+    with pytest.raises(TypeError, match="actions must hold real numbers, got dtype complex"):
+        im.bc(policy, np.zeros((2, 2)), np.ones(2) * 1j, rng)
+    with pytest.raises(ValueError, match="actions must have shape \\(2, 1\\)"):
+        im.bc(policy, np.zeros((2, 2)), np.zeros((2, 2)), rng)
+
+
+def test_episodes_of_any_length_become_trajectories(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = [3, 7, 1]
+    episodes = [
+        {"observations": rng.standard_normal((t + 1, 2)), "actions": rng.integers(0, 3, t), "rewards": -np.ones(t)}
+        for t in lengths
+    ]
+    episodes[1] = types.SimpleNamespace(**episodes[1], terminations=np.eye(7)[-1])  # Minari's EpisodeData style
+    episodes[0]["terminations"] = np.zeros(3)
+    episodes[2]["terminations"] = np.ones(1)
+    traj = im.Trajectories.from_episodes(episodes)
+    assert traj.mask.sum(1).tolist() == lengths and traj.terminal.tolist() == [False, True, True]
+    assert traj.total_cost.tolist() == lengths and traj.actions.shape == (3, 7, 1)
+    obs, actions = traj.pairs(labels=False)
+    assert np.array_equal(obs[:3], np.float32(episodes[0]["observations"][:3]))
+    assert np.array_equal(traj.observations[2, 2:], np.repeat(np.float32(episodes[2]["observations"][-1:]), 6, 0))
+    loaded = im.Trajectories.load(traj.save(tmp_path / "episodes"))
+    assert all(np.array_equal(getattr(traj, k), getattr(loaded, k)) for k in ("observations", "actions", "mask"))
+    bad = [{"observations": np.zeros((4, 2)), "actions": np.zeros(4)}]
+    with pytest.raises(ValueError, match="episodes\\[0\\].actions must have shape \\(3"):
+        im.Trajectories.from_episodes(bad)
+    with pytest.raises(ValueError, match="episodes is empty"):
+        im.Trajectories.from_episodes([])
+
+
+@pytest.mark.parametrize("name", list(make_heads()))
+def test_a_saved_policy_acts_and_samples_bit_for_bit(name, tmp_path):
+    rng = np.random.default_rng(0)
+    policy = im.Policy(make_heads()[name], 3, rng, hidden=(8, 4), activation="tanh")
+    policy.params += rng.standard_normal(policy.params.shape).astype(np.float32) * 0.1  # not the fresh init
+    loaded = im.load_policy(policy.save(tmp_path / "policy"))
+    obs = rng.standard_normal((6, 3)).astype(np.float32)
+    assert np.array_equal(policy.act(obs), loaded.act(obs)) and np.array_equal(policy.params, loaded.params)
+    assert np.array_equal(policy.sample(obs, np.random.default_rng(1)), loaded.sample(obs, np.random.default_rng(1)))
+    assert len(pickle.dumps(policy)) < policy.params.nbytes + 4096  # pickling keeps no training buffers
+
+
+def test_a_damaged_or_foreign_policy_file_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    path = im.Policy(im.GaussianHead(2), 3, rng).save(tmp_path / "p.npz")
+    data = dict(np.load(path))
+    for change, message in [
+        ({"params": data["params"][:-1]}, "params must have shape"),
+        ({"head": np.str_("os.system")}, "unknown head"),
+        ({"params": data["params"] * np.nan}, "params must be finite"),
+    ]:
+        np.savez(tmp_path / "bad.npz", **(data | change))
+        with pytest.raises(ValueError, match=f"bad.npz: not a valid policy file: .*{message}"):
+            im.load_policy(tmp_path / "bad.npz")
+    (tmp_path / "text.npz").write_text("not a policy")
+    with pytest.raises(ValueError, match="text.npz: not a valid policy file"):
+        im.load_policy(tmp_path / "text.npz")
+
+
+def test_gymnasium_same_step_autoreset_keeps_the_real_last_observation():
+    gymnasium = pytest.importorskip("gymnasium")
+    mode = gymnasium.vector.AutoresetMode.SAME_STEP
+    env = gymnasium.make_vec("CartPole-v1", 4, "sync", vector_kwargs={"autoreset_mode": mode})
+    traj = im.rollout(env, lambda o: np.ones((len(o), 1), np.float32), 60, np.random.default_rng(0), seed=0)
+    last = traj.observations[np.arange(4), traj.mask.sum(1), 2]  # the pole angle where each episode ended
+    assert traj.terminal.all() and np.all(np.abs(last) > 0.2)  # past CartPole's 12 degrees, not a fresh start
+
+
+ODD = [
+    None,
+    "0",
+    1.5,
+    -1,
+    0,
+    2**40,
+    np.nan,
+    np.inf,
+    1e39,
+    np.float32(1e-3),
+    np.int64(3),
+    True,
+    slice(5, 7),
+    (8,),
+    np.array([1j]),
+    np.array([object()]),
+    np.zeros((0, 3)),
+    np.zeros(3),
+    np.full((4, 3), 2**25),
+    np.ones((4, 3)) * 1j,
+    np.ones((4, 3), np.int8),
+    np.full((4, 3), np.nan),
+    np.zeros((4, 3, 1)),
+    [[1.0, 2.0]],
+    np.array(["a", "b"]),
+]
+
+
+def entry_points():
+    """Every public entry point with small valid arguments, as keyword arguments that a test may replace."""
+    rng, env = np.random.default_rng(0), im.Road(4, 3)
+    O = env.obs_dim
+
+    def policy(head=None):
+        return im.Policy(head or im.L2Head(1), O, np.random.default_rng(0), hidden=(4,))
+
+    obs, act = np.zeros((4, O), np.float32), np.zeros((4, 1), np.float32)
+    train, dagger = (
+        im.TrainConfig(steps=1, batch_size=4),
+        im.DaggerConfig(rounds=1, horizon=2, train=im.TrainConfig(steps=1)),
+    )
+    ppo_cfg = im.PPOConfig(iterations=1, horizon=2, epochs=1, minibatches=1, value=train)
+    traj = im.rollout(im.Goals(4, 3, play=True), None, 3, rng, expert=im.Goals(4).expert, beta=1.0, seed=0)
+    ensemble = im.Ensemble([policy(), policy()])
+    gaussian = im.GaussianHead(1)
+    return {
+        "bc": (im.bc, dict(policy=policy(), obs=obs, actions=act, rng=rng, cfg=train)),
+        "rollout": (
+            im.rollout,
+            dict(env=env, policy=policy().act, T=3, rng=rng, expert=env.expert, beta=0.5, noise=0.1, seed=1),
+        ),
+        "dagger": (im.dagger, dict(policy=policy(), env=env, expert=env.expert, rng=rng, cfg=dagger)),
+        "hg_dagger": (
+            im.hg_dagger,
+            dict(
+                policy=policy(), env=env, expert=env.expert, gate=env.unsafe, obs=obs, actions=act, rng=rng, cfg=dagger
+            ),
+        ),
+        "dart": (im.dart, dict(policy=policy(), env=env, expert=env.expert, noise=0.5, rng=rng, cfg=dagger)),
+        "active_dagger": (
+            im.active_dagger,
+            dict(
+                ensemble=ensemble,
+                env=env,
+                expert=env.expert,
+                obs=obs,
+                actions=act,
+                threshold=0.1,
+                queries=2,
+                rng=rng,
+                cfg=dagger,
+            ),
+        ),
+        "relabel": (im.relabel, dict(traj=traj, rng=rng, strategy="future", achieved=slice(0, 2))),
+        "augment": (
+            im.augment,
+            dict(obs=obs, expert=lambda o: np.zeros((len(o), 1)), noise=0.1, copies=2, rng=rng, columns=slice(0, 2)),
+        ),
+        "hindsight_bc": (
+            im.hindsight_bc,
+            dict(policy=im.Policy(im.L2Head(2), 4, rng, hidden=(4,)), traj=traj, rng=rng, cfg=train),
+        ),
+        "bco": (
+            im.bco,
+            dict(
+                policy=im.Policy(im.L2Head(2), 2, rng, hidden=(4,)),
+                inverse=im.Policy(im.L2Head(2), 4, rng, hidden=(4,)),
+                env=im.Goals(4, 3),
+                demos=traj.states_only(),
+                explore=lambda o: np.zeros((len(o), 2)),
+                rng=rng,
+                cfg=im.BCOConfig(inverse=train, train=train),
+                state=slice(0, 2),
+            ),
+        ),
+        "ppo": (
+            im.ppo,
+            dict(policy=policy(gaussian), env=env, rng=rng, cfg=ppo_cfg, reward=lambda t: np.zeros(t.mask.shape)),
+        ),
+        "gail": (
+            im.gail,
+            dict(policy=policy(gaussian), env=env, obs=obs, actions=act, rng=rng, cfg=ppo_cfg, disc=train),
+        ),
+        "Policy": (im.Policy, dict(head=im.L2Head(1), obs_dim=O, rng=rng, hidden=(4,), activation="tanh")),
+        "History": (
+            lambda **k: im.rollout(im.History(**k), None, 3, rng, expert=env.expert, beta=1.0),
+            dict(env=env, k=2, action_dim=1),
+        ),
+        "Road": (im.Road, dict(num_envs=2, horizon=3, eps=0.1, lanes=2, persist=0.5, start=1, seed=0)),
+        "Goals": (im.Goals, dict(num_envs=2, horizon=3, start=0.5, speed=0.5, seed=0)),
+        "Trajectories.from_episodes": (
+            im.Trajectories.from_episodes,
+            dict(episodes=[{"observations": obs, "actions": act[:3]}]),
+        ),
+        "TrainConfig": (im.TrainConfig, dict(steps=1, batch_size=4, lr=1e-3, max_grad_norm=1.0)),
+        "DaggerConfig": (im.DaggerConfig, dict(rounds=1, horizon=2, p=0.5, tol=0.1, train=train)),
+        "PPOConfig": (
+            im.PPOConfig,
+            dict(iterations=1, gamma=0.9, lam=0.9, clip=0.2, lr=1e-3, entropy=0.1, value=train),
+        ),
+        "heads": (
+            lambda **k: [
+                im.MixtureHead(k["dim"], 2),
+                im.DiffusionHead(k["low"], k["high"], shift=k["shift"]),
+                im.CVAEHead(k["dim"], beta=k["beta"]),
+            ],
+            dict(dim=1, low=[-1], high=[1], shift=2.0, beta=0.5),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(entry_points()))
+@settings(max_examples=12)
+@given(data=st.data())
+def test_every_entry_point_answers_odd_input_with_a_clear_error(name, data):
+    call, kwargs = entry_points()[name]
+    argument = data.draw(st.sampled_from(sorted(kwargs)))
+    kwargs[argument] = data.draw(st.sampled_from(ODD))
+    try:
+        call(**kwargs)
+    except MemoryError:  # a size of 2^40 asks for terabytes, and numpy says so
+        pass
+    except (ValueError, TypeError) as e:
+        assert argument in str(e) or argument in ("head", "dim", "low", "high"), f"{argument}: {e}"
