@@ -30,6 +30,8 @@ Papers implemented:
 13. One-shot imitation: Duan et al., One-Shot Imitation Learning, NeurIPS 2017.
 14. PPO: Schulman et al. 2017, with GAE: Schulman et al. 2016. GAIL: Ho & Ermon, Generative Adversarial
     Imitation Learning, NeurIPS 2016.
+15. Time-contrastive networks: Sermanet et al., Time-Contrastive Networks: Self-Supervised Learning from
+    Video, ICRA 2018.
 
 Lecture idea -> where it lives:
     L2 regression learns the conditional mean .......... L2Head.nll
@@ -45,6 +47,7 @@ Lecture idea -> where it lives:
     any trajectory demonstrates reaching where it went . relabel, hindsight_bc
     demonstrations without actions still teach ......... bco, Trajectories.states_only
     one demonstration of a new task can teach .......... one_shot, encode_forward
+    ... even filmed from another viewpoint ............. Camera, tcn, triplet_forward, video_goal
     RL can beat the expert BC imitates ................. ppo, Goals(cost="task", speed=0.5)
     BC as a reward term ................................ shaped_reward
     a reward learned from demonstrations ............... gail, gail_reward
@@ -1406,6 +1409,44 @@ class Goals(VectorEnv):
         return (np.concatenate([self.pos, self.goal], 1) if self.observe_goal else self.pos).astype(np.float32)
 
 
+@njit(cache=True)
+def camera_render(pos, angle, scale, offset, blob, out):
+    """n grayscale frames (n, S, S) of positions pos (n, 2) in the arena, in place: the view is rotated by angle,
+    `scale` pixels per unit, the arena's centre at pixel offset (row, column); the agent is a Gaussian blob of
+    width `blob` pixels over a fixed background texture. A frame is not a linear function of the position."""
+    c, s, S = math.cos(angle), math.sin(angle), out.shape[1]
+    background = np.empty((S, S))
+    for r in range(S):
+        for q in range(S):
+            background[r, q] = 0.3 + 0.15 * math.sin(0.9 * r + 0.5 * q) + 0.2 * q / S  # stripes on a gradient
+    for i in range(pos.shape[0]):
+        u = offset[0] + scale * (c * pos[i, 0] - s * pos[i, 1])  # the agent's row, in pixels
+        v = offset[1] + scale * (s * pos[i, 0] + c * pos[i, 1])  # its column
+        for r in range(S):
+            for q in range(S):
+                out[i, r, q] = background[r, q] + math.exp(-((r - u) ** 2 + (q - v) ** 2) / (2 * blob**2))
+    return out
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A third-person view of the goal arena, from another viewpoint than the learner's own (its position).
+    It films positions, so a rollout filmed by it is a second view synchronised in time with the first."""
+
+    size: int = 16  # pixels per side
+    angle: float = 0.6  # the view's rotation, radians
+    scale: float = 4.5  # pixels per unit of the arena (it spans 9 pixels before rotation)
+    offset: tuple = (7.0, 8.0)  # the pixel (row, column) the arena's centre lands on
+    blob: float = 1.5  # the agent's width, pixels
+
+    def film(self, positions):
+        """positions (..., 2) -> frames (..., S S) float32, one per position."""
+        p = np.asarray(positions, np.float64)
+        out = np.empty((p[..., 0].size, self.size, self.size))
+        camera_render(p.reshape(-1, 2), self.angle, self.scale, np.asarray(self.offset, np.float64), self.blob, out)
+        return out.reshape(*p.shape[:-1], self.size**2).astype(np.float32)
+
+
 # ---- data ----
 
 TRAJECTORY_FIELDS = {  # name: (dtype, shape in terms of n, T, O, A, G; required)
@@ -2128,6 +2169,113 @@ def one_shot_actor(policy, encoder, enc_params, demo, cfg=OneShotConfig()):
     """The policy conditioned on one demonstration per env row (Trajectories with n rows): obs -> pi([s, z])."""
     z, _ = encode_forward(encoder, enc_params, *demo_features(demo, cfg))
     return lambda obs: policy.act(np.concatenate([obs, z.astype(np.float32)], 1))
+
+
+@dataclass(frozen=True)
+class TCNConfig:
+    """Time-contrastive networks: two encoders, one per view, trained on time-synchronised episodes."""
+
+    alpha: float = 0.5  # the triplet margin, on the unit sphere (distances^2 in [0, 4])
+    gap: int = 2  # a negative lies at least this many steps from its anchor, in the same episode,
+    far: int = 4  # and at most this many: near enough to be a hard negative, which sharpens the embedding
+    train: TrainConfig = TrainConfig(steps=1000, lr=1e-3)
+
+    def __post_init__(self):
+        if not 1 <= _positive_int("gap", self.gap) <= _positive_int("far", self.far):
+            raise ValueError(f"need 1 <= gap <= far, got gap {self.gap}, far {self.far}")
+        _real("alpha", self.alpha, 0, open_low=True)
+        _config("train", self.train, TrainConfig)
+
+
+def triplet_forward(za, zp, zn, alpha):
+    """L = 1/B sum_b max(0, ||za - zp||^2 - ||za - zn||^2 + alpha): anchors, positives, negatives (B, E).
+    Returns L and which triplets still violate the margin (B,)."""
+    margin = ((za - zp) ** 2).sum(1) - ((za - zn) ** 2).sum(1) + alpha  # (B,)
+    return float(np.maximum(margin, 0).mean()), margin > 0
+
+
+def triplet_backward(za, zp, zn, active):
+    """dL/dza, dL/dzp, dL/dzn (B, E): 2/B of the differences, on the triplets that violate the margin only."""
+    w = (2 / len(za)) * active[:, None].astype(za.dtype)  # (B, 1)
+    return w * (zn - zp), w * (zp - za), w * (za - zn)  # d||za - zp||^2 - d||za - zn||^2
+
+
+def unit_forward(z):
+    """y = z / ||z||: the embedding on the unit sphere, where the margin alpha has a fixed scale. z (B, E)."""
+    norm = np.sqrt((z * z).sum(1, keepdims=True))  # (B, 1)
+    return z / norm, norm
+
+
+def unit_backward(dy, y, norm):
+    """dL/dz = (dy - y (y . dy)) / ||z||: the part of dy along y only rescales z, which changes nothing."""
+    return (dy - y * (y * dy).sum(1, keepdims=True)) / norm
+
+
+def embed(net, params, x):
+    """f(x) = g(x) / ||g(x)||, g an MLP: an encoder's embedding (B, E)."""
+    return unit_forward(mlp_forward(net, params, x)[0])[0]
+
+
+def tcn_loss(first, first_params, third, third_params, anchor, positive, negative, alpha, first_grad, third_grad):
+    """The triplet loss through both encoders: anchor (B, O) first-person observations x_a, positive and negative
+    (B, P) third-person frames x_p (the same moment) and x_n (another). Writes both gradients; returns L."""
+    B = len(anchor)
+    g1, first_cache = mlp_forward(first, first_params, anchor)  # (B, E)
+    g3, third_cache = mlp_forward(third, third_params, np.concatenate([positive, negative]))  # (2B, E)
+    (za, norm1), (z3, norm3) = unit_forward(g1), unit_forward(g3)  # f1(x_a); f3(x_p) and f3(x_n)
+    loss, active = triplet_forward(za, z3[:B], z3[B:], alpha)
+    dza, dzp, dzn = triplet_backward(za, z3[:B], z3[B:], active)
+    dz3 = unit_backward(np.concatenate([dzp, dzn]), z3, norm3)  # (2B, E): a frame's gradient, positive or negative
+    mlp_backward(first, first_params, unit_backward(dza, za, norm1), first_cache, first_grad, False)
+    mlp_backward(third, third_params, dz3, third_cache, third_grad, False)
+    return loss
+
+
+def tcn(first, third, observations, frames, mask, rng, cfg=TCNConfig()):
+    """Multi-view time-contrastive networks (Sermanet et al. 2018): train f1 on the learner's observations
+    (n, T+1, O) and f3 on the same moments filmed from another view, frames (n, T+1, P), so that a moment's two
+    views embed close and the episode's other moments (cfg.gap to cfg.far steps away) further by alpha: the
+    anchor is a first-person observation, positive and negative are frames. mask (n, T): the real steps.
+    Returns the two encoders' parameters."""
+    rng, cfg = _generator(rng), _config("cfg", cfg, TCNConfig)
+    observations = as_float32("observations", observations, (None, None, None))
+    frames = as_float32("frames", frames, (len(observations), observations.shape[1], None))
+    mask = check_array("mask", np.asarray(mask), (len(observations), observations.shape[1] - 1)).astype(bool)
+    last = mask.sum(1)  # (n,) each episode's last real state: states 0..last are real
+    if np.any(last + 1 < 2 * cfg.far):
+        raise ValueError(f"every episode needs at least {2 * cfg.far} states, for negatives up to {cfg.far} steps away")
+    first_params, third_params = first.init(rng), third.init(rng)
+    opts = [Adam(p.size, cfg.train.lr, max_norm=cfg.train.max_grad_norm) for p in (first_params, third_params)]
+    first_grad, third_grad = np.empty_like(first_params), np.empty_like(third_params)
+    for step in range(cfg.train.steps):
+        opts[0].lr = opts[1].lr = cfg.train.step_size(step)
+        i = rng.integers(0, len(last), cfg.train.batch_size)
+        t = (rng.random(len(i)) * (last[i] + 1)).astype(np.int64)  # the anchor's moment
+        d = rng.integers(cfg.gap, cfg.far + 1, len(i)) * rng.choice(np.int64([-1, 1]), len(i))  # the negative's offset
+        tn = np.where((t + d < 0) | (t + d > last[i]), t - d, t + d)  # the negative's moment, kept in the episode
+        loss = tcn_loss(
+            first, first_params, third, third_params,
+            observations[i, t], frames[i, t], frames[i, tn],  # TCN: anchor and positive are one moment, two views
+            cfg.alpha, first_grad, third_grad,
+        )  # fmt: skip
+        loss = loss if np.isfinite(third_grad).all() else math.nan  # neither network steps unless both can
+        adam_step(opts[0], first_params, first_grad, loss, f"tcn: step {step}")
+        adam_step(opts[1], third_params, third_grad, loss, f"tcn: step {step} (third-person encoder)")
+    return first_params, third_params
+
+
+def nearest(queries, keys, k=1):
+    """Indices (Q, k) of the k keys (M, E) nearest to each query (Q, E) in Euclidean distance, in no order."""
+    d = (queries**2).sum(1)[:, None] - 2 * queries @ keys.T + (keys**2).sum(1)[None]  # (Q, M)
+    return np.argpartition(d, k - 1, 1)[:, :k]  # the k smallest, in no particular order
+
+
+def video_goal(first, first_params, third, third_params, frames, observations, k=1):
+    """Third-person imitation by translation: where each video ends, in the learner's own view. The videos' last
+    frames (n, P) go through f3, candidate first-person observations (M, O) (the learner's play) through f1; the
+    goal is the mean of the k candidates nearest in the embedding (n, O), for a goal-conditioned policy."""
+    z3, z1 = embed(third, third_params, frames), embed(first, first_params, observations)  # (n, E), (M, E)
+    return observations[nearest(z3, z1, k)].mean(1)  # (n, O)
 
 
 # ---- imitation and RL ----

@@ -1406,6 +1406,126 @@ def test_ci_runs_the_readmes_test_command():
     assert test_command in (README.parent / ".ci" / "run").read_text()
 
 
+# ---- third-person imitation: the camera ----
+
+
+def test_camera_kernel_matches_its_python_original():
+    rng, cam = np.random.default_rng(0), im.Camera()
+    pos, offset = rng.uniform(-1, 1, (5, 2)), np.asarray(cam.offset, f64)
+    args = (cam.angle, cam.scale, offset, cam.blob)
+    jitted = im.camera_render(pos, *args, np.empty((5, cam.size, cam.size)))
+    python = im.camera_render.py_func(pos, *args, np.empty((5, cam.size, cam.size)))
+    assert np.allclose(jitted, python, rtol=0, atol=1e-12)
+
+
+def test_the_blob_sits_where_the_rotated_scaled_offset_view_puts_the_agent():
+    cam = im.Camera(blob=0.7)
+    background = cam.film(np.float32([[50.0, 50.0]]))[0]  # the agent far out of view: the background alone
+    c, s = np.cos(cam.angle), np.sin(cam.angle)
+    for x, y in [(0.0, 0.0), (0.6, -0.2), (-0.8, 0.7)]:
+        agent = (cam.film(np.float32([[x, y]]))[0] - background).reshape(cam.size, cam.size)
+        row, col = cam.offset[0] + cam.scale * (c * x - s * y), cam.offset[1] + cam.scale * (s * x + c * y)
+        assert np.unravel_index(agent.argmax(), agent.shape) == (round(row), round(col))
+
+
+def test_no_linear_map_of_the_learners_observation_gives_the_frames():
+    rng, cam = np.random.default_rng(0), im.Camera()
+    pos = rng.uniform(-1, 1, (2000, 2))
+    frames = cam.film(pos).astype(f64)
+    X = np.concatenate([pos, np.ones((len(pos), 1))], 1)  # frames ~ [x, y, 1] W at best
+    residual = frames - X @ np.linalg.lstsq(X, frames, rcond=None)[0]
+    assert (residual**2).sum() / ((frames - frames.mean(0)) ** 2).sum() > 0.5  # the best linear map explains < half
+
+
+def test_the_camera_films_every_position_of_a_rollout_in_step():
+    rng, env = np.random.default_rng(0), im.Goals(3, 5, play=True)
+    traj = im.rollout(env, None, 5, rng, expert=env.expert, beta=1.0, seed=0)
+    frames = im.Camera().film(traj.observations)  # (n, T+1, S S)
+    assert frames.shape == (3, 6, 256) and frames.dtype == np.float32
+    assert np.array_equal(frames[1, 4], im.Camera().film(traj.observations[1, 4][None])[0])
+
+
+# ---- the triplet loss ----
+
+
+def test_triplet_loss_is_the_hinge_on_the_distance_gap():
+    za, zp, zn = np.eye(3)[:2], np.eye(3)[:2], np.float64([[0, 1, 0], [1, 0, 0]])  # ||za-zp|| = 0, ||za-zn||^2 = 2
+    assert im.triplet_forward(za, zp, zn, 1.0)[0] == 0  # satisfied with room to spare: no loss
+    assert im.triplet_forward(za, zn, zp, 1.0)[0] == pytest.approx(3.0)  # swapped: 2 - 0 + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_triplet_and_unit_sphere_backward_match_central_differences(seed):
+    rng, (B, E), alpha = np.random.default_rng(seed), (6, 3), 0.8
+    g = rng.standard_normal((3, B, E))
+
+    def loss(g):
+        return im.triplet_forward(*(im.unit_forward(x)[0] for x in g), alpha)[0]
+
+    (za, na), (zp, np_), (zn, nn) = (im.unit_forward(x) for x in g)
+    active = im.triplet_forward(za, zp, zn, alpha)[1]
+    assert 0 < active.sum() < B  # both sides of the hinge are tested
+    dz = im.triplet_backward(za, zp, zn, active)
+    analytic = np.stack([im.unit_backward(d, z, n) for d, z, n in zip(dz, (za, zp, zn), (na, np_, nn))])
+    assert rel_err(analytic, numerical_grad(loss, g)) < 1e-6
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_tcn_loss_gradient_through_both_encoders_matches_central_differences(activation):
+    rng, (B, O, P, E) = np.random.default_rng(0), (8, 2, 16, 4)
+    first, third = im.MLP((O, 6, E), activation), im.MLP((P, 5, 5, E), activation)
+    p1, p3 = first.init(rng).astype(f64), third.init(rng).astype(f64)
+    anchor, positive, negative = rng.uniform(-1, 1, (B, O)), rng.random((B, P)), rng.random((B, P))
+
+    def loss(p1, p3, g1=None, g3=None):
+        g1, g3 = np.empty_like(p1) if g1 is None else g1, np.empty_like(p3) if g3 is None else g3
+        return im.tcn_loss(first, p1, third, p3, anchor, positive, negative, 1.0, g1, g3)
+
+    g1, g3 = np.full_like(p1, np.nan), np.full_like(p3, np.nan)  # every entry is written
+    assert loss(p1, p3, g1, g3) > 0
+    assert rel_err(g1, numerical_grad(lambda p: loss(p, p3), p1)) < 1e-6  # the first-person encoder
+    assert rel_err(g3, numerical_grad(lambda p: loss(p1, p), p3)) < 1e-6  # the third-person one, both frames
+
+
+# ---- translation and a tiny end-to-end run ----
+
+
+def test_nearest_agrees_with_a_full_sort():
+    rng = np.random.default_rng(0)
+    q, keys = rng.standard_normal((7, 3)), rng.standard_normal((50, 3))
+    brute = np.argsort(((q[:, None] - keys[None]) ** 2).sum(2), 1)[:, :4]
+    assert np.array_equal(np.sort(im.nearest(q, keys, 4), 1), np.sort(brute, 1))
+
+
+def test_through_one_encoder_a_video_goal_is_the_observation_itself():
+    rng, net = np.random.default_rng(0), im.MLP((2, 16, 4))
+    params, candidates = net.init(rng), rng.uniform(-1, 1, (100, 2)).astype(np.float32)
+    assert np.array_equal(im.video_goal(net, params, net, params, candidates[:10], candidates), candidates[:10])
+
+
+def test_tcn_aligns_the_two_views_of_play():
+    rng, cam, E = np.random.default_rng(0), im.Camera(), 8
+    env = im.Goals(256, 12, play=True, start=1.0)
+    play = im.rollout(env, None, 12, rng, expert=env.expert, beta=1.0, seed=0)
+    frames = cam.film(play.observations)
+    first, third = im.MLP((2, 32, E)), im.MLP((cam.size**2, 32, E))
+    cfg = im.TCNConfig(train=im.TrainConfig(steps=300, lr=3e-3))
+    p1, p3 = im.tcn(first, third, play.observations, frames, play.mask, rng, cfg)
+    goals = rng.uniform(-0.7, 0.7, (64, 2)).astype(np.float32)
+    video, candidates = cam.film(goals), play.observations.reshape(-1, 2)  # a still of each goal; play's states
+    translated = im.video_goal(first, p1, third, p3, video, candidates)
+    untrained = im.video_goal(first, first.init(rng), third, third.init(rng), video, candidates)
+    error = np.linalg.norm(translated - goals, axis=1).mean()
+    assert error < 0.15 < np.linalg.norm(untrained - goals, axis=1).mean()
+
+
+def test_tcn_refuses_episodes_too_short_for_its_negatives():
+    first, third, rng = im.MLP((2, 4)), im.MLP((4, 4)), np.random.default_rng(0)
+    observations, frames, mask = np.zeros((2, 6, 2), np.float32), np.zeros((2, 6, 4), np.float32), np.ones((2, 5), bool)
+    with pytest.raises(ValueError, match="at least 8 states"):  # 6 states, negatives up to 4 steps away
+        im.tcn(first, third, observations, frames, mask, rng=rng)
+
+
 # ---- what users bring ----
 
 
