@@ -44,6 +44,7 @@ Lecture idea -> where it lives:
     data with mistakes and recoveries helps ............ dart, Road.side_cameras, augment
     history helps a non-Markovian expert ............... History, Tree(cue=True)
     ... and can hurt through causal confusion .......... History, Road(persist=...)
+    memory beyond any window ........................... Recurrent, gru_forward, Tree(cue=True, corridor=...)
     any trajectory demonstrates reaching where it went . relabel, hindsight_bc
     demonstrations without actions still teach ......... bco, Trajectories.states_only
     one demonstration of a new task can teach .......... one_shot, encode_forward
@@ -227,6 +228,73 @@ def mlp_backward(net, params, dout, cache, dparams, input_grad=True):
         dx = buf.dh[i] if input_grad or i > 0 else None
         dout = linear_backward(dout, buf.h[i - 1] if i > 0 else x, p[f"W{i}"], d[f"W{i}"], d[f"b{i}"], dx)
     return dout
+
+
+@dataclass(frozen=True)
+class GRU:
+    """A gated recurrent unit (Cho et al. 2014) run over sequences: a memory beyond any window. Its parameters live
+    elsewhere, in one flat vector with named views, laid out as an MLP's are."""
+
+    sizes: tuple  # (I, H): input width, hidden (memory) width
+
+    @cached_property
+    def shapes(self):
+        I, H = self.sizes
+        return {f"{m}_{g}": s for g in "zrh" for m, s in (("W", (I, H)), ("U", (H, H)), ("b", (H,)))}
+
+    n_params, views = MLP.n_params, MLP.views  # the flat layout of an MLP, over these shapes
+
+    def init(self, rng):
+        """LeCun-normal weights (W: 1 / I, U: 1 / H), zero biases. float32."""
+        flat = np.zeros(self.n_params, np.float32)
+        for name, view in self.views(flat).items():
+            if name[0] != "b":
+                view[:] = rng.standard_normal(view.shape) / math.sqrt(view.shape[0])
+        return flat
+
+
+def gru_forward(gru, params, x, start, h=None):
+    """x (B, T, I) -> hs (B, T, H), the state after each step, and the cache for gru_backward. h (B, H) is the state
+    before the first step (None: zeros); where start (B, T) holds, an episode begins there and h is set to 0 first."""
+    p, (B, T, _), H = gru.views(params), x.shape, gru.sizes[1]
+    xz, xr, xh = (x @ p[f"W_{g}"] + p[f"b_{g}"] for g in "zrh")  # every step's input terms at once (B, T, H)
+    h = np.zeros((B, H), x.dtype) if h is None else h
+    hs, h_prev, z, r, c = (np.empty((B, T, H), x.dtype) for _ in range(5))
+    for t in range(T):
+        h = h_prev[:, t] = np.where(start[:, t, None], 0, h)  # a new episode forgets: h = 0
+        z_t = sigmoid(xz[:, t] + h @ p["U_z"], z[:, t])  # z = sigma(x W_z + h U_z + b_z), the update gate
+        r_t = sigmoid(xr[:, t] + h @ p["U_r"], r[:, t])  # r = sigma(x W_r + h U_r + b_r), the reset gate
+        c_t = np.tanh(xh[:, t] + (r_t * h) @ p["U_h"], out=c[:, t])  # h~ = tanh(x W_h + (r * h) U_h + b_h)
+        h = hs[:, t] = (1 - z_t) * h + z_t * c_t  # h' = (1 - z) * h + z * h~
+    return hs, (x, start, h_prev, z, r, c)
+
+
+def gru_backward(gru, params, dhs, cache, dparams):
+    """Backpropagation through time: dhs (B, T, H) = dL/dh_t from outside (the head) -> the parameter gradients,
+    summed over steps, written into dparams. Returns dL/dh (B, H) for the state before the first step. Nothing
+    flows back across a step where start holds: there h was set to 0, not computed from the earlier h."""
+    p, d = gru.views(params), gru.views(dparams)
+    x, start, h_prev, z, r, c = cache
+    B, T, H = z.shape
+    dz, dr, dc = (np.empty_like(z) for _ in range(3))  # dL/d(each gate's pre-activation) (B, T, H)
+    dh = np.zeros((B, H), dhs.dtype)  # dL/dh_t through the later steps
+    for t in reversed(range(T)):
+        dh = dh + dhs[:, t]
+        h, z_t, r_t, c_t = h_prev[:, t], z[:, t], r[:, t], c[:, t]
+        dc[:, t] = dh * z_t * (1 - c_t * c_t)  # through h' = ... + z h~ and h~ = tanh(.)
+        dz[:, t] = dh * (c_t - h) * z_t * (1 - z_t)  # through h' = h + z (h~ - h) and z = sigma(.)
+        drh = dc[:, t] @ p["U_h"].T  # dL/d(r * h)
+        dr[:, t] = drh * h * r_t * (1 - r_t)  # r = sigma(.)
+        # term 1: h' = (1 - z) h + ...; term 2: through r * h; terms 3, 4: through the gates z and r
+        dh = dh * (1 - z_t) + drh * r_t + dz[:, t] @ p["U_z"].T + dr[:, t] @ p["U_r"].T
+        dh[start[:, t]] = 0  # stop the gradient where an episode begins
+    x, h_prev = x.reshape(B * T, -1), h_prev.reshape(B * T, H)  # sum over steps as one matmul
+    for g, dpre, h_in in (("z", dz, h_prev), ("r", dr, h_prev), ("h", dc, r.reshape(B * T, H) * h_prev)):
+        dpre = dpre.reshape(B * T, H)
+        np.matmul(x.T, dpre, out=d[f"W_{g}"])  # dL/dW = sum_t x_t^T dpre_t
+        np.matmul(h_in.T, dpre, out=d[f"U_{g}"])  # dL/dU = sum_t h_t^T dpre_t (for h~: (r * h)^T)
+        np.sum(dpre, 0, out=d[f"b_{g}"])
+    return dh
 
 
 @njit(cache=True, error_model="numpy")  # numpy's error model: no per-element division checks, so it vectorizes
@@ -979,9 +1047,75 @@ class Policy:
         )
 
     def copy(self):
-        new = object.__new__(Policy)
+        new = object.__new__(type(self))
         new.__dict__.update(self.__dict__, params=self.params.copy(), workspace={})
         return new
+
+
+class Recurrent(Policy):
+    """A head on [o_t, h_t], where h_t = GRU(h_{t-1}, o_t) carries what the episode showed so far (h = 0 where an
+    episode begins). As a Policy it is the head on those inputs (obs_dim = O + H: act, sample and log_prob take
+    [o, h]); the GRU's parameters follow the head's in the flat vector. bc trains it on whole episodes (mask=...);
+    rollout runs it through a RecurrentActor, which carries h from step to step."""
+
+    def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu", memory=32):
+        self.gru = GRU((_positive_int("obs_dim", obs_dim), _positive_int("memory", memory)))
+        super().__init__(head, obs_dim + memory, rng, hidden, activation)
+
+    def init(self, rng):
+        return np.concatenate([super().init(rng), self.gru.init(rng)])  # [head's network, head's extra, GRU]
+
+    def split(self, flat):
+        """Views of a flat vector (parameters or gradient): the head's part and the GRU's."""
+        return flat[: -self.gru.n_params], flat[-self.gru.n_params :]
+
+    def check_episodes(self, obs, a, mask):
+        """Episodes obs (n, T, O), actions (n, T, A) (or (n, T) for one dimension) and mask (n, T), checked."""
+        obs, a = as_float32("obs", obs, (None, None, self.gru.sizes[0])), as_float32("actions", a)
+        a = check_array("actions", a[..., None] if a.ndim == 2 else a, (*obs.shape[:2], self.head.action_dim))
+        mask = check_array("mask", np.asarray(mask), obs.shape[:2], np.bool_)
+        if not mask.any(1).all():
+            raise ValueError("every episode needs at least one real step (mask)")
+        return obs, a, mask
+
+    def sequence_loss(self, obs, a, mask, rng, grad, w=None):
+        """The head's loss over the real steps of episodes obs (B, T, O), a (B, T, A), mask (B, T) (each row starts
+        an episode at t = 0), with w (M,) per real step (None: the mean). dL/dh_t comes from the head, as its
+        gradient for the h part of its input, and runs back through time into the GRU. Writes grad; returns L."""
+        steps = mask.any(0).nonzero()[0][-1] + 1  # up to the batch's longest episode: the rest is padding
+        obs, a, mask = obs[:, :steps], a[:, :steps], mask[:, :steps]
+        head, gru = self.split(self.params)
+        dhead, dgru = self.split(grad)
+        start = np.zeros(mask.shape, bool)  # (B, T)
+        start[:, 0] = True  # h = 0 at each row's first step
+        hs, cache = gru_forward(self.gru, gru, obs, start)  # (B, T, H)
+        x = np.concatenate([obs, hs], 2)[mask]  # (M, O + H): the head's inputs at the M real steps
+        loss, dx = self.head.policy_loss(self.net, head, x, a[mask], rng, dhead, w, self.workspace, obs_grad=True)
+        dhs = np.zeros_like(hs)
+        dhs[mask] = dx[:, obs.shape[2] :]  # dL/dh_t, zero at padded steps
+        gru_backward(self.gru, gru, dhs, cache, dgru)
+        return loss
+
+
+class RecurrentActor:
+    """A Recurrent policy acting in a vector env: one hidden state per sub-environment, carried from step to step.
+    rollout calls reset(rows) (rows (n,) bool) after env.reset and for rows whose next observation starts an
+    episode, and h is set to 0 there. Samples with an rng (stochastic), else takes the deterministic action."""
+
+    def __init__(self, policy, rng=None, stochastic=False):
+        self.policy, self.rng, self.stochastic, self.h = policy, rng, stochastic, None
+
+    def reset(self, rows):
+        if self.h is None or len(self.h) != len(rows):  # a new vector env: every row starts afresh
+            self.h = np.zeros((len(rows), self.policy.gru.sizes[1]), np.float32)
+        self.h[rows] = 0
+
+    def __call__(self, obs):
+        gru = self.policy.split(self.policy.params)[1]
+        no_start = np.zeros((len(obs), 1), bool)  # resets come through reset(rows)
+        self.h = gru_forward(self.policy.gru, gru, obs[:, None], no_start, self.h)[0][:, 0]  # h_t = GRU(h_{t-1}, o_t)
+        x = np.concatenate([obs, self.h], 1)  # (n, O + H)
+        return self.policy.sample(x, self.rng) if self.stochastic else self.policy.act(x)
 
 
 def _generator(rng):
@@ -1064,19 +1198,26 @@ class TrainConfig:
         return self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps)) if self.cosine else self.lr
 
 
-def bc(policy, obs, actions, rng, cfg=TrainConfig()):
+def bc(policy, obs, actions, rng, cfg=TrainConfig(), mask=None):
     """Behavior cloning: minimise the head's loss on expert pairs by minibatch Adam. Returns the loss history.
-    Stops with a ValueError at the first step whose loss or gradient is not finite, before that step's update."""
+    Stops with a ValueError at the first step whose loss or gradient is not finite, before that step's update.
+    A Recurrent policy learns from whole episodes instead: obs (n, T, O), actions (n, T, A) and mask (n, T) (a
+    Trajectories' observations[:, :-1], labels and mask); a minibatch is batch_size episodes."""
     rng, cfg = _generator(rng), _config("cfg", cfg, TrainConfig)
-    obs, actions = _config("policy", policy, Policy).check(obs, actions)
+    if hasattr(_config("policy", policy, Policy), "sequence_loss") != (mask is not None):  # duck-typed: see Recurrent
+        raise ValueError("a Recurrent policy trains on episodes with their mask (n, T); any other policy on pairs")
+    obs, actions, *mask = policy.check(obs, actions) if mask is None else policy.check_episodes(obs, actions, mask)
     opt = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm)
     losses, grad = np.empty(cfg.steps, np.float32), np.empty_like(policy.params)
     for step in range(cfg.steps):
         opt.lr = cfg.step_size(step)
         i = rng.integers(0, len(obs), cfg.batch_size)
-        losses[step], _ = policy.head.policy_loss(
-            policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
-        )
+        if mask:  # recurrent: batch_size whole episodes, backpropagation through time
+            losses[step] = policy.sequence_loss(obs[i], actions[i], mask[0][i], rng, grad)
+        else:
+            losses[step], _ = policy.head.policy_loss(
+                policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
+            )
         adam_step(opt, policy.params, grad, losses[step], f"bc: step {step}")
     return losses
 
@@ -1136,15 +1277,15 @@ def tree_expert(x, y, side, radius):
 
 
 @njit(cache=True)
-def tree_step(pos, side, expert, action, u, reset, radius, goal_y, dt, tol, start):
+def tree_step(pos, side, expert, action, u, reset, radius, goal_y, dt, tol, start, corridor=0):
     """One step of n point masses that must pass a round tree at the origin to reach y >= goal_y, in
-    place. Rows with reset[i] start at (0, -1 - start u0) with a fresh hidden side (u1). expert (n, 2)
+    place. Rows with reset[i] start at (0, -1 - corridor dt - start u0) with a fresh hidden side (u1). expert (n, 2)
     holds pi*(s). Returns costs 1[||a - pi*(s)|| > tol], terminations (hit the tree or arrived), success."""
     n = pos.shape[0]
     cost, done, success = np.zeros(n, np.float32), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
     for i in range(n):
         if reset[i]:
-            pos[i, 0], pos[i, 1] = 0.0, -1.0 - start * u[i, 0]  # straight below the tree, at a random distance
+            pos[i, 0], pos[i, 1] = 0.0, -1.0 - corridor * dt - start * u[i, 0]  # below the tree, a random distance
             side[i] = 1.0 if u[i, 1] < 0.5 else -1.0  # the expert's hidden choice: left or right
         else:
             ax, ay = min(max(action[i, 0], -1.0), 1.0), min(max(action[i, 1], -1.0), 1.0)
@@ -1339,19 +1480,22 @@ class Tree(VectorEnv):
     so demonstrations are bimodal before the tree and their average drives into it. Actions: velocity
     in [-1, 1]^2, dt = 0.1. Cost 1[||a - pi*(s)|| > 0.1]; success: reaching the far side untouched.
     With cue=True the side is shown once, as a third observation (+-1) on an episode's first step and 0
-    after it, and success also needs the cued side: the expert is non-Markovian in what the learner sees."""
+    after it, and success also needs the cued side: the expert is non-Markovian in what the learner sees.
+    corridor = L starts episodes L steps further down, a straight run before the expert's swerve: the cue must then
+    be remembered for L steps (raise the horizon by L too)."""
 
     action_dim = 2
     radius, goal_y, dt, tol, start = 0.3, 1.0, 0.1, 0.1, 0.1
 
-    def __init__(self, num_envs=256, horizon=40, cue=False, seed=0):
+    def __init__(self, num_envs=256, horizon=40, cue=False, corridor=0, seed=0):
         super().__init__(num_envs, horizon, seed)
         self.pos, self.side, self.cue = np.zeros((self.num_envs, 2)), np.ones(self.num_envs), bool(cue)
+        self.corridor = _positive_int("corridor", corridor, 0)
         self.obs_dim = 2 + self.cue
 
     def advance(self, actions, reset):
         u = self.rng.random((self.num_envs, 2))
-        args = (self.radius, self.goal_y, self.dt, self.tol, self.start)
+        args = (self.radius, self.goal_y, self.dt, self.tol, self.start, self.corridor)
         cost, done, success = tree_step(self.pos, self.side, self.expert_action, actions, u, reset, *args)
         if self.cue:  # passed on the cued side
             success &= np.sign(self.pos[:, 0]) == self.side

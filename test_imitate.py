@@ -1526,6 +1526,180 @@ def test_tcn_refuses_episodes_too_short_for_its_negatives():
         im.tcn(first, third, observations, frames, mask, rng=rng)
 
 
+# ---- memory beyond a window: a recurrent policy ----
+
+
+def central_differences(f, x, eps=1e-6):
+    """df/dx of a scalar function of a float64 array, one coordinate at a time."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        g[i] = (up - f()) / (2 * eps)
+        x[i] = old
+    return g
+
+
+def gru_case(seed=0, B=3, T=7, I=3, H=4):
+    rng = np.random.default_rng(seed)
+    gru = im.GRU((I, H))
+    params = gru.init(rng).astype(np.float64)
+    x, h0, weights = rng.standard_normal((B, T, I)), rng.standard_normal((B, H)), rng.standard_normal((B, T, H))
+    start = np.zeros((B, T), bool)
+    start[1, 0] = True  # row 1 begins an episode at t = 0: its h0 is forgotten
+    start[2, 4] = True  # row 2's episode ends after t = 3 and the next one begins at t = 4
+    return gru, params, x, h0, weights, start
+
+
+def test_gru_backward_through_time_matches_central_differences():
+    gru, params, x, h0, weights, start = gru_case()
+
+    def loss():  # L = sum_t <w_t, h_t>: every step's state feeds the loss
+        return float((im.gru_forward(gru, params, x, start, h0)[0] * weights).sum())
+
+    hs, cache = im.gru_forward(gru, params, x, start, h0)
+    dparams = np.zeros_like(params)
+    dh0 = im.gru_backward(gru, params, weights, cache, dparams)
+    np.testing.assert_allclose(dparams, central_differences(loss, params), atol=1e-7)
+    np.testing.assert_allclose(dh0, central_differences(loss, h0), atol=1e-7)
+    assert np.all(dh0[1] == 0)  # reset at t = 0: the state before it gets no gradient
+
+
+def test_nothing_crosses_an_episode_boundary():
+    """Row 2 starts a new episode at t = 4: its states from there are those of a fresh run on the suffix, and a loss
+    on them alone gives the steps before the boundary (inputs and h0) exactly zero gradient."""
+    gru, params, x, h0, weights, start = gru_case()
+    hs, _ = im.gru_forward(gru, params, x, start, h0)
+    fresh, _ = im.gru_forward(gru, params, x[2:, 4:], np.zeros((1, 3), bool))
+    np.testing.assert_allclose(hs[2, 4:], fresh[0], rtol=1e-12)
+    weights[:, :4] = 0  # the loss sees only t >= 4
+    weights[:2] = 0  # ... of row 2
+    _, cache = im.gru_forward(gru, params, x, start, h0)
+    dh0 = im.gru_backward(gru, params, weights, cache, np.zeros_like(params))
+    assert np.all(dh0 == 0)
+    x_before = x[2, :4].copy()
+
+    def loss():
+        return float((im.gru_forward(gru, params, x, start, h0)[0] * weights).sum())
+
+    x[2, :4] += 1.0  # changing what came before the boundary changes nothing after it
+    assert loss() == pytest.approx((hs * weights).sum(), abs=1e-12)
+    x[2, :4] = x_before
+
+
+@pytest.mark.parametrize("head", [im.L2Head(2), im.MixtureHead(2, 3), im.CVAEHead(2)], ids=lambda h: type(h).__name__)
+def test_recurrent_sequence_loss_matches_central_differences(head):
+    """The head's dL/d[o, h] feeds backpropagation through time: the whole flat gradient, head and GRU, with
+    episodes of different lengths (padded steps masked out)."""
+    rng = np.random.default_rng(1)
+    policy = im.Recurrent(head, 3, rng, hidden=(8,), activation="tanh", memory=4)
+    policy.params = policy.params.astype(np.float64)
+    obs, actions = rng.standard_normal((3, 5, 3)), rng.standard_normal((3, 5, 2))
+    mask = np.arange(5) < np.array([[5], [3], [1]])  # episodes of 5, 3 and 1 steps
+
+    def loss(grad=None):
+        grad = np.zeros_like(policy.params) if grad is None else grad
+        return policy.sequence_loss(obs, actions, mask, np.random.default_rng(2), grad)
+
+    grad = np.zeros_like(policy.params)
+    loss(grad)
+    np.testing.assert_allclose(grad, central_differences(loss, policy.params), atol=1e-6)
+    assert np.abs(grad[-policy.gru.n_params :]).max() > 0  # the GRU learns through the head
+
+
+class Recorder:
+    """A stateful actor that records which rows rollout reset before each call; it steps up or right at random."""
+
+    def __init__(self):
+        self.pending, self.calls, self.rng = None, [], np.random.default_rng(0)
+
+    def reset(self, rows):
+        self.pending = rows.copy() if self.pending is None else self.pending | rows
+
+    def __call__(self, obs):
+        self.calls.append((obs.copy(), self.pending.copy()))
+        self.pending[:] = False
+        up = self.rng.random((len(obs), 1)) < 0.5
+        return np.where(up, np.float32([0, 1]), np.float32([1, 0])).astype(np.float32)
+
+
+def test_rollout_resets_a_stateful_actor_where_episodes_begin():
+    """With the cue on, Tree's observation shows a nonzero cue exactly on an episode's first step, so the rows reset
+    before each call must be those: all rows first, then (next-step autoreset) the rows done at the step before last.
+    Random steps up or right: rows hit the tree at different steps and restart while others run on."""
+    actor = Recorder()
+    im.rollout(im.Tree(64, horizon=40, cue=True), actor, 40, np.random.default_rng(0), seed=0)
+    for obs, reset in actor.calls:
+        np.testing.assert_array_equal(reset, obs[:, 2] != 0)
+    assert sum(reset.sum() for _, reset in actor.calls[1:]) > 0  # some rows restarted inside the rollout
+
+
+def test_recurrent_actor_carries_the_state_training_computes():
+    """Acting step by step with a carried h gives the actions of the head on [o_t, h_t] with h_t from one pass of
+    gru_forward over the recorded episode: rollout and training see the same memory."""
+    env = im.Tree(8, horizon=12, cue=True, corridor=4)
+    policy = im.Recurrent(im.L2Head(2), 3, np.random.default_rng(0), hidden=(16,), memory=8)
+    traj = im.rollout(env, im.RecurrentActor(policy), 12, np.random.default_rng(0))
+    obs = traj.observations[:, :-1]
+    start = np.arange(obs.shape[1]) == np.zeros((len(obs), 1), int)
+    hs, _ = im.gru_forward(policy.gru, policy.split(policy.params)[1], obs, start)
+    again = policy.act(np.concatenate([obs, hs], 2)[traj.mask])
+    np.testing.assert_allclose(np.clip(again, -1, 1), np.clip(traj.actions[traj.mask], -1, 1), atol=1e-5)
+
+
+def test_recurrent_actor_reset_forgets_only_the_rows_asked():
+    policy = im.Recurrent(im.L2Head(2), 3, np.random.default_rng(0), memory=4)
+    act = im.RecurrentActor(policy)
+    act.reset(np.ones(3, bool))
+    act(np.ones((3, 3), np.float32))
+    before = act.h.copy()
+    act.reset(np.array([False, True, False]))
+    assert np.all(act.h[1] == 0) and np.all(act.h[[0, 2]] == before[[0, 2]]) and np.any(before[1] != 0)
+
+
+def test_corridor_delays_the_swerve_and_the_expert_still_succeeds():
+    env = im.Tree(64, horizon=50, cue=True, corridor=10)
+    traj = im.rollout(env, None, 50, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=0)
+    assert traj.success.all()
+    assert np.all(traj.labels[:, :10] == [0, 1])  # straight on along the corridor, whatever the cue
+
+
+def test_bc_takes_episodes_only_for_recurrent_policies():
+    rng = np.random.default_rng(0)
+    recurrent, plain = im.Recurrent(im.L2Head(2), 3, rng), im.Policy(im.L2Head(2), 3, rng)
+    obs, actions, mask = np.zeros((4, 5, 3), np.float32), np.zeros((4, 5, 2), np.float32), np.ones((4, 5), bool)
+    with pytest.raises(ValueError, match="Recurrent"):
+        im.bc(recurrent, obs[:, 0], actions[:, 0], rng, im.TrainConfig(steps=1))
+    with pytest.raises(ValueError, match="Recurrent"):
+        im.bc(plain, obs, actions, rng, im.TrainConfig(steps=1), mask=mask)
+    assert type(recurrent.copy()) is im.Recurrent
+
+
+def test_recurrent_bc_remembers_a_cue_end_to_end():
+    """A tiny run: the cue is shown 6 steps before the swerve; a GRU trained by BC on whole episodes carries it."""
+    L, T, scale = 6, 36, np.float32(10)
+    rng = np.random.default_rng(0)
+    demo_env = im.Tree(32, T, cue=True, corridor=L)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=0, noise=0.1)
+    mirror = np.float32([-1, 1, -1])
+    obs = np.concatenate([demos.observations[:, :-1], demos.observations[:, :-1] * mirror]) * scale
+    actions, mask = np.concatenate([demos.labels, demos.labels * mirror[:2]]), np.concatenate([demos.mask] * 2)
+    policy = im.Recurrent(im.L2Head(2), 3, np.random.default_rng(0), hidden=(32, 32), activation="tanh", memory=16)
+    cfg = im.TrainConfig(steps=150, batch_size=16, lr=1e-2, max_grad_norm=1.0)
+    losses = im.bc(policy, obs, actions, rng, cfg, mask=mask)
+    act = im.RecurrentActor(policy)
+
+    def scaled(o):
+        return act(o * scale)
+
+    scaled.reset = act.reset
+    traj = im.rollout(im.Tree(200, T, cue=True, corridor=L), scaled, T, rng, seed=2)
+    assert losses[-10:].mean() < 0.1 * losses[:10].mean()
+    assert traj.success.mean() >= 0.9
+
+
 # ---- what users bring ----
 
 
