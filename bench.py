@@ -1004,7 +1004,270 @@ def report_third_person(r):
     ]
 
 
-# ---- 9. speed ----
+# ---- 9. continuous control: the pendulum ----
+
+
+LABELS, ROUNDS, EPISODES = 4000, 4, 128  # expert labels for BC and for DAgger; DAgger's rounds; evaluation episodes
+SCALE = np.float32([1, 1, 0.25])  # the network sees (cos th, sin th, th_dot / 4): inputs of unit scale
+BOUNDS = ([-2.0], [2.0])
+
+
+class Scaled(im.Pendulum):
+    """The pendulum as the policies see it (the expert reads the true state either way)."""
+
+    def observe(self):
+        return super().observe() * SCALE
+
+
+def control_heads():
+    """head, hidden widths, gradient steps (BC; DAgger retrains half as many per round, warm-started), step size."""
+    return {
+        "l2": (im.L2Head(1), (64, 64), 1500, 3e-3),
+        # one log sigma for all states: a learned sigma(s) lets the mean stop learning where sigma(s) is large
+        "gaussian": (im.GaussianHead(1, state_std=True), (64, 64), 1500, 3e-3),
+        # and a floor of sigma = e^-2: the expert's torque sits exactly at +-2 in a tenth of the states, and
+        # components narrowed onto those two values would otherwise win the likelihood and the argmax
+        "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+        "autoregressive": (im.AutoregressiveHead(*BOUNDS, bins=41), (64, 64), 1500, 3e-3),
+        "diffusion": (im.DiffusionHead(*BOUNDS), (64, 64), 1500, 3e-3),
+        "cvae": (im.CVAEHead(1, latent_dim=1, log_std_min=-2.0), (64, 64), 1500, 3e-3),
+    }
+
+
+def control(seed, quick, figure):
+    """Each head trained by BC on LABELS expert labels (LABELS / 200 demonstrations), and by DAgger on the same
+    number (ROUNDS rounds of LABELS / (200 ROUNDS) episodes; the first round the expert's), then run with its
+    deterministic action (policy.act) from EPISODES common random starts."""
+    rng = np.random.default_rng(seed)
+    rounds, episodes = (2, 32) if quick else (ROUNDS, EPISODES)  # quick: fewer rollouts of 200 steps
+    evaluation = Scaled(episodes, seed=seed + 1)
+
+    def evaluate(act):
+        traj = im.rollout(evaluation, act, 200, rng, seed=seed + 2)  # the same starts for every policy
+        returns = -traj.total_cost
+        ci, _ = im.bootstrap_ci(returns, rng)
+        return {"return": float(returns.mean()), "return_ci": [float(c) for c in ci]}
+
+    expert = evaluate(lambda obs: evaluation.expert())
+    demo_env = Scaled(LABELS // 200, seed=seed)
+    obs, actions = im.rollout(demo_env, None, 200, rng, expert=demo_env.expert, beta=1.0, seed=seed + 3).pairs()
+    record = {"expert": expert, "labels": len(obs), "heads": {}}
+    for name, (head, hidden, steps, lr) in control_heads().items():
+        steps = steps // 8 if quick else steps
+        train = im.TrainConfig(steps=steps, lr=lr)
+        row = {}
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        start = time.perf_counter()
+        im.bc(policy, obs, actions, rng, train)
+        row["bc_train_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row["bc"] = evaluate(policy.act)
+        row["eval_seconds"] = time.perf_counter() - start
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        env = Scaled(LABELS // (200 * rounds), seed=seed + 4)
+        retrain = im.TrainConfig(steps=steps // 2, lr=lr)  # per round, warm-started
+        cfg = im.DaggerConfig(rounds=rounds, horizon=200, train=retrain, val_seed=seed + 5)
+        start = time.perf_counter()
+        result = im.dagger(policy, env, env.expert, rng, cfg)
+        row["dagger_train_seconds"] = time.perf_counter() - start
+        row["dagger"] = evaluate(result.best.act) | {"labels": len(result.obs)}
+        row["network"] = f"{len(hidden)}x{hidden[0]}, {steps} steps, lr {lr:g}"
+        record["heads"][name] = row
+        say(
+            f"  {name:<15} BC {row['bc']['return']:8.1f}  DAgger {row['dagger']['return']:8.1f}  "
+            f"trained in {row['bc_train_seconds']:.1f} + {row['dagger_train_seconds']:.1f} s"
+        )
+    return record
+
+
+def report_control(r):
+    e = r["expert"]["return"]
+    say(
+        f"\n  expert {e:.1f} [{r['expert']['return_ci'][0]:.1f}, {r['expert']['return_ci'][1]:.1f}]; "
+        f"{r['labels']} labels each"
+    )
+    say(f"  {'head':<15}{'BC':>8}{'95% CI':>18}{'DAgger':>9}{'95% CI':>18}{'train s':>12}{'eval s':>8}  network")
+    for k, m in r["heads"].items():
+        b, d = m["bc"], m["dagger"]
+        ci = [f"[{x['return_ci'][0]:.0f}, {x['return_ci'][1]:.0f}]" for x in (b, d)]
+        seconds = f"{m['bc_train_seconds']:.1f}+{m['dagger_train_seconds']:.1f}"
+        say(
+            f"  {k:<15}{b['return']:>8.1f}{ci[0]:>18}{d['return']:>9.1f}{ci[1]:>18}"
+            f"{seconds:>12}{m['eval_seconds']:>8.2f}  {m['network']}"
+        )
+    lines, l2 = [], r["heads"]["l2"]["bc"]["return"]
+    for k, m in r["heads"].items():
+        d = m["dagger"]["return"]
+        lines.append(target(d >= e - 0.15 * abs(e), f"{k} DAgger {d:.1f} within 15% of the expert's {e:.1f}"))
+    for k, m in r["heads"].items():
+        if k != "l2":
+            b = m["bc"]["return"]
+            lines.append(
+                target(b >= l2 - 0.15 * abs(e), f"{k} BC {b:.1f} no more than 15% of |expert| below L2's {l2:.1f}")
+            )
+    return lines
+
+
+# ---- 10. action chunks ----
+
+
+TREE = dict(dt=0.025, grid=0.3, horizon=120)  # a quarter of the tree's usual step: about 80 an episode
+CHUNK_K, MS = (
+    16,
+    (16, 8),
+)  # chunk length; steps executed per prediction: whole chunks (the target), and Diffusion Policy's 8
+ROAD_K, ROAD_M, ROAD_T = 8, [1, 2, 4, 8], 32
+
+
+def switches(traj, grid, block=CHUNK_K):
+    """Per episode, (reversals, undecided). reversals: sign changes of the sideways move summed over blocks of `block`
+    steps from the episode's start (a whole chunk each, when chunks are executed whole), over the blocks that begin in
+    the centre cell below the tree. undecided: the episode still sees itself in the centre cell next to the tree
+    (y within half a cell of the tree's cell), where the demonstrations have already left it."""
+    n, T = traj.mask.shape
+    T -= T % block
+    move = np.where(traj.mask, np.clip(traj.actions[:, :, 0], -1, 1), 0)[:, :T].reshape(n, -1, block).sum(2)
+    start = traj.observations[:, :T:block]  # (n, T / block, 2): what each block begins by seeing
+    live = traj.mask[:, :T:block] & (start[:, :, 0] == 0) & (start[:, :, 1] < 0) & (np.abs(move) > 1e-3)
+    reversals = np.array([np.count_nonzero(np.diff(np.sign(m[keep]))) for m, keep in zip(move, live)], np.float64)
+    seen = traj.observations[:, :-1]
+    near = traj.mask & (seen[..., 0] == 0) & (seen[..., 1] >= -im.Tree.radius - grid / 2) & (seen[..., 1] < 0)
+    return reversals, near.any(1)
+
+
+def tree_head(name, targets):
+    """bench.py multimodal's mixture and diffusion heads over (k A,) targets, smaller: head, hidden widths, steps."""
+    D = targets.shape[1]
+    if name == "mog":
+        return im.MixtureHead(D, 5, means=principal_spread(targets, 5)), (64, 64), 1000
+    # bench.py's fork-tuned schedule (shift 8, noisy actions x10) fits 2-D actions; on 32-D chunks it trains to a
+    # loss twice as high (measured on the fine-sensed tree), so both take the plain schedule here
+    return im.DiffusionHead(-np.ones(D), np.ones(D), sample_steps=10), (128, 128), 3000
+
+
+def tree_chunks(seed, quick):
+    """Per head: one policy trained on single actions, sampled at every step; one trained on chunks of K, run with
+    receding horizons m in MS (m = K: whole chunks, open loop). Common random numbers: the same starts and sides."""
+    rng, H = np.random.default_rng(seed), TREE["horizon"]
+    demo_env = im.Tree(256, H, dt=TREE["dt"], grid=TREE["grid"])
+    demos = im.rollout(demo_env, None, H, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+    evaluation, scale, out = im.Tree(128 if quick else 256, H, dt=TREE["dt"], grid=TREE["grid"]), 1 / TREE["grid"], {}
+    for name in ("mog", "diffusion"):
+        out[name] = {}
+        for k, ms in ((1, (1,)), (CHUNK_K, MS)):
+            cpu = time.process_time()
+            obs, targets = demos.chunks(k)  # k = 1: the usual pairs
+            mirror = np.float32([-1, 1])  # x -> -x, as in bench.py's multimodal: both sides exactly equally
+            obs, targets = np.concatenate([obs, obs * mirror]), np.concatenate([targets, targets * np.tile(mirror, k)])
+            head, hidden, steps = tree_head(name, targets)
+            policy = im.Policy(head, 2, np.random.default_rng(seed), hidden=hidden, activation="tanh")
+            im.bc(
+                policy,
+                obs * np.float32(scale),
+                targets,
+                rng,
+                im.TrainConfig(steps=steps // 4 if quick else steps, lr=2e-3),
+            )
+            train_cpu = time.process_time() - cpu
+            for m in ms:
+                cpu = time.process_time()
+                act = im.ChunkedActor(lambda o, p=policy: p.sample(o * np.float32(scale), rng), k, m)  # k = 1: per step
+                traj = im.rollout(evaluation, act, H, rng, seed=seed + 2)
+                reversals, undecided = switches(traj, TREE["grid"])
+                kind = "per_step" if k == 1 else f"m{m}"
+                out[name][kind] = {
+                    "success": float(traj.success.mean()),
+                    "success_ci": im.bootstrap_ci(traj.success, rng)[0].tolist(),
+                    "reversals": float(reversals.mean()),
+                    "undecided": float(undecided.mean()),
+                    "k": k,
+                    "m": m,
+                    "train_cpu": train_cpu,
+                    "eval_cpu": time.process_time() - cpu,
+                }
+                say(
+                    f"  tree {name:<9} {kind:<8} success {traj.success.mean():.3f}  reversals {reversals.mean():.2f}"
+                    f"  undecided at the tree {undecided.mean():.3f}"
+                )
+    return out
+
+
+def road_chunks(seed, quick):
+    """Chunks of the road's moves by the autoregressive head (5 bins of width 1 per step: a categorical over -2..2
+    for each of k steps, chosen in order), trained by bc on expert chunks from starts anywhere across the road (so
+    that the policy knows how to get back), then run from the centre with m = 1, 2, 4, 8."""
+    rng, T, cpu = np.random.default_rng(seed), ROAD_T, time.process_time()
+    demo_env = im.Road(16384 // T, T, seed=seed, start=ROAD["lanes"], **ROAD)  # starts off the road: recoveries
+    obs, targets = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed).chunks(ROAD_K)
+    head = im.AutoregressiveHead(np.full(ROAD_K, -2.5), np.full(ROAD_K, 2.5), bins=5)
+    policy = im.Policy(head, demo_env.obs_dim, np.random.default_rng(seed))
+    im.bc(policy, obs, targets, rng, im.TrainConfig(steps=100 if quick else 300, lr=3e-3))
+    evaluation, cost, ci = im.Road(1024 if quick else 2048, T, **ROAD), [], []
+    for m in ROAD_M:
+        c = im.rollout(evaluation, im.ChunkedActor(policy.act, ROAD_K, m), T, rng, seed=seed + 1000).total_cost
+        cost.append(float(c.mean()))
+        ci.append(im.bootstrap_ci(c, rng)[0].tolist())
+    say("  road " + "  ".join(f"m = {m}: {c:.3f}" for m, c in zip(ROAD_M, cost)))
+    return {"T": T, "k": ROAD_K, "m": ROAD_M, "cost": cost, "cost_ci": ci, "cpu": time.process_time() - cpu}
+
+
+def chunks(seed, quick, figure):
+    """Where chunks should help: on the tree seen through a coarse sensor (positions rounded to cells of 0.3, steps of
+    0.025), a small sideways step does not change what the learner sees. In the centre cell the demonstrations part left
+    and right; a head sampled afresh at every step picks a side anew each step and random-walks inside the cell (a cell
+    edge 0.15 away, at sideways speeds about 0.5, takes about (0.15 / 0.025 / 0.5)^2 = 144 steps to reach by chance,
+    while the tree is about 30 away), so it comes to the tree still in the middle, where no demonstration ever was. A
+    chunk of k = 16 steps in one direction (16 x 0.025 x 0.5 = 0.2) leaves the cell, and the next observation shows the
+    side taken. Where chunks hurt: on the road a new reading of the turn arrives at every step, and an open-loop chunk
+    cannot react to it, so the cost grows with the steps executed per prediction, m."""
+    start, cpu = time.perf_counter(), time.process_time()
+    record = {
+        "task": f"tree, dt {TREE['dt']}, grid {TREE['grid']}, horizon {TREE['horizon']}, k {CHUNK_K}",
+        "k": CHUNK_K,
+    }
+    record["heads"] = tree_chunks(seed, quick)
+    record["road"] = road_chunks(seed, quick)
+    record["seconds"], record["cpu"] = time.perf_counter() - start, time.process_time() - cpu
+    return record
+
+
+def report_chunks(r):
+    kinds = ["per_step"] + [f"m{m}" for m in MS]
+    say(f"\n  {r['task']}: success [95% CI], reversals per episode, share undecided at the tree")
+    say(f"  {'head':<11}" + "".join(f"{k:>36}" for k in kinds))
+    lines = []
+    for name, h in r["heads"].items():
+        chunked, per_step = h[f"m{CHUNK_K}"], h["per_step"]
+        row = "".join(
+            f"{h[k]['success']:>8.3f} [{h[k]['success_ci'][0]:.3f}, {h[k]['success_ci'][1]:.3f}]"
+            f"{h[k]['reversals']:>7.2f}{h[k]['undecided']:>7.3f}"
+            for k in kinds
+        )
+        cpu = sum(h[k]["eval_cpu"] for k in kinds) + per_step["train_cpu"] + h[f"m{CHUNK_K}"]["train_cpu"]
+        say(f"  {name:<11}{row}   {cpu:.1f} s CPU")
+        gain = chunked["success"] - per_step["success"]
+        lines.append(
+            target(gain >= 0.2, f"chunks: {name} whole chunks' success - per-step success {gain:+.3f} >= 0.20")
+        )
+        lines.append(
+            target(
+                chunked["undecided"] < per_step["undecided"],
+                f"chunks: {name} undecided at the tree, chunked {chunked['undecided']:.3f} < per step "
+                f"{per_step['undecided']:.3f}",
+            )
+        )
+    road = r["road"]
+    say(f"  road, T = {road['T']}, k = {road['k']}: cost per episode against m (receding), {road['cpu']:.1f} s CPU")
+    for m, c, ci in zip(road["m"], road["cost"], road["cost_ci"]):
+        say(f"    m = {m}: {c:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+    rising = all(a[1] < b[0] for a, b in zip(road["cost_ci"][:-1], road["cost_ci"][1:]))
+    lines.append(
+        target(rising, "chunks: road cost rises with m, each interval above the last (open loop cannot react)")
+    )
+    return lines
+
+
+# ---- 11. speed ----
 
 
 def best_time(fn, repeats):
@@ -1200,6 +1463,8 @@ SECTIONS = [  # JSON key (None: the run's own top-level keys), title, run(seed, 
     (None, "Without the expert's actions: BCO and one-shot imitation", without_actions, report_without_actions),
     (None, "Imitation and RL: beyond the expert, a shaped reward, and GAIL", rl, report_rl),
     ("third_person", "Third-person imitation through a time-contrastive embedding", third_person, report_third_person),
+    ("control", "Continuous control: every head imitates a pendulum swing-up", control, report_control),
+    ("chunks", "Action chunks: commit to a mode, and an open loop cannot react", chunks, report_chunks),
     ("speed", "Speed, measured side by side after warm-up", speed, report_speed),
 ]
 

@@ -32,6 +32,12 @@ Papers implemented:
     Imitation Learning, NeurIPS 2016.
 15. Time-contrastive networks: Sermanet et al., Time-Contrastive Networks: Self-Supervised Learning from
     Video, ICRA 2018.
+16. GRU: Cho et al., Learning Phrase Representations using RNN Encoder-Decoder for Statistical Machine
+    Translation, EMNLP 2014 (robomimic's BC-RNN, Mandlekar et al. 2021, clones with a recurrent body).
+17. Action chunks: ACT, Zhao, Kumar, Levine & Finn, Learning Fine-Grained Bimanual Manipulation with Low-Cost
+    Hardware, RSS 2023 (temporal ensembling); Diffusion Policy's receding horizon, Chi et al. 2023.
+18. A learned sigma(s) starves the mean: Seitzer et al., On the Pitfalls of Heteroscedastic Uncertainty
+    Estimation with Probabilistic Neural Networks, ICLR 2022.
 
 Lecture idea -> where it lives:
     L2 regression learns the conditional mean .......... L2Head.nll
@@ -52,12 +58,15 @@ Lecture idea -> where it lives:
     RL can beat the expert BC imitates ................. ppo, Goals(cost="task", speed=0.5)
     BC as a reward term ................................ shaped_reward
     a reward learned from demonstrations ............... gail, gail_reward
+    expressive heads hold up on real control ........... Pendulum, GaussianHead(state_std=True)
+    chunks commit to a mode; an open loop cannot react . Trajectories.chunks, ChunkedActor
 """
 
 import inspect
 import math
 import numbers
 import os
+import statistics
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -474,7 +483,11 @@ def weigh(l, dl, w=None):
 
 
 class Head:
-    """Base class: how many network outputs a head needs and how the policy runs the network around it."""
+    """Base class: how many network outputs a head needs and how the policy runs the network around it.
+    An output head's last `free` outputs may be parameters instead, the same at every state (a state-independent
+    log-std): they sit after the network's in the flat vector, and the network gives the other n_out."""
+
+    free = 0
 
     def __new__(cls, *args, **kwargs):  # remember the constructor's arguments: Policy.save writes them
         head = super().__new__(cls)
@@ -485,7 +498,14 @@ class Head:
         return obs_dim
 
     def init_extra(self, net, rng):
-        return np.zeros(0, np.float32)  # parameters beyond the network's, at the end of the flat vector (CVAE)
+        return np.zeros(self.free, np.float32)  # parameters beyond the network's, at the end of the flat vector
+
+    def outputs(self, net, params, obs, buf=None):
+        """The head's outputs (B, n_out + free): the network's, then the free parameters repeated for every row."""
+        out, cache = mlp_forward(net, params, obs, buf)
+        if self.free:
+            out = np.concatenate([out, np.broadcast_to(params[net.n_params :], (len(out), self.free))], 1)
+        return out, cache
 
     def init_net(self, net, params):
         """Adjust a fresh network's parameters (net's flat vector) in place; by default they stay as drawn."""
@@ -493,24 +513,27 @@ class Head:
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
         """L = 1/B sum_i w_i l_i(params) (w = None: BC's mean loss). Writes dL/dparams into grad (params' layout)
         and returns L and, with obs_grad, dL/dobs (B, O) (else None). workspace: the policy's buffers."""
-        out, cache = mlp_forward(net, params, obs, buffers(workspace, "net", net, obs, params))
+        out, cache = self.outputs(net, params, obs, buffers(workspace, "net", net, obs, params))
         loss, dout = weigh(*self.nll(out, a), w)
+        if self.free:  # a free parameter's gradient sums over the rows it was repeated in
+            grad[net.n_params :] = dout[:, net.sizes[-1] :].sum(0)
+            dout = np.ascontiguousarray(dout[:, : net.sizes[-1]])
         return loss, mlp_backward(net, params, dout, cache, grad, obs_grad)
 
     def policy_log_prob(self, net, params, obs, a):
-        return self.log_prob(mlp_forward(net, params, obs)[0], a)
+        return self.log_prob(self.outputs(net, params, obs)[0], a)
 
     def policy_sample(self, net, params, obs, rng):
-        return self.sample(mlp_forward(net, params, obs)[0], rng)
+        return self.sample(self.outputs(net, params, obs)[0], rng)
 
     def policy_mode(self, net, params, obs):
-        return self.mode(mlp_forward(net, params, obs)[0])
+        return self.mode(self.outputs(net, params, obs)[0])
 
     def policy_mean(self, net, params, obs, samples=32):
         """E[a | s]: exact for an output head with a mean(out); else the average of `samples` draws from a
         generator seeded with 0, the same draws for every policy (common random numbers)."""
         if hasattr(self, "mean"):
-            return self.mean(mlp_forward(net, params, obs)[0])
+            return self.mean(self.outputs(net, params, obs)[0])
         rng = np.random.default_rng(0)
         return np.mean([self.policy_sample(net, params, obs, rng) for _ in range(samples)], 0)
 
@@ -544,11 +567,18 @@ class L2Head(Head):
 
 
 class GaussianHead(Head):
-    """Diagonal Gaussian N(mu(s), diag sigma(s)^2) with log sigma squashed into [log_std_min, log_std_max]."""
+    """Diagonal Gaussian N(mu(s), diag sigma(s)^2) with log sigma squashed into [log_std_min, log_std_max].
 
-    def __init__(self, action_dim, log_std_min=-4.0, log_std_max=4.0):
+    What a learned sigma(s) does to the mean: the NLL's gradient in mu is (mu - a) / sigma(s)^2, so where the
+    network makes sigma(s) large (hard or rare states) the mean stops learning, and the states it fits closely
+    pull hardest on the shared layers (Seitzer et al. 2022). With state_std=True, log sigma is one parameter per
+    action dimension (as Stable-Baselines3 and imitation have it): every example then weighs the same and the
+    mean learns as L2's does."""
+
+    def __init__(self, action_dim, log_std_min=-4.0, log_std_max=4.0, state_std=False):
         self.action_dim = _positive_int("action_dim", action_dim)
-        self.n_out = 2 * self.action_dim
+        self.free = self.action_dim if state_std else 0  # log sigma: parameters, not network outputs
+        self.n_out = 2 * self.action_dim - self.free
         self.bounds = _log_std_bounds(log_std_min, log_std_max)
 
     def terms(self, out, a):
@@ -591,10 +621,11 @@ class MixtureHead(Head):
     the state (collapse), and such a mean cannot take two values where the demonstrations part. Distinct points
     spread over the demonstrated actions serve (k-means centres, or points along their first principal axis)."""
 
-    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0, means=None):
+    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0, means=None, state_std=False):
         self.action_dim = _positive_int("action_dim", action_dim)
         self.K = _positive_int("components", components)
-        self.n_out = self.K * (1 + 2 * self.action_dim)
+        self.free = self.K * self.action_dim if state_std else 0  # as GaussianHead's: one log sigma per component
+        self.n_out = self.K * (1 + 2 * self.action_dim) - self.free
         self.bounds = _log_std_bounds(log_std_min, log_std_max)
         self.means = None if means is None else check_array("means", np.asarray(means, np.float32), (self.K, None))
         if self.means is not None and self.means.shape[1] != self.action_dim:
@@ -911,6 +942,15 @@ class DiffusionHead(Head):
         return self.unscale(ddim_sample(self.eps_fn(net, params, obs), x, self.schedule.alpha_bar, self.sample_steps))
 
 
+def stratified_normal(n, dim, seed):
+    """n draws of N(0, I_dim), stratified: in each coordinate one draw per probability interval [(k, k + 1) / n),
+    the intervals shuffled independently per coordinate (Latin hypercube). Each draw is still N(0, I), so an
+    average over them stays unbiased; seeded, so the same every call."""
+    rng = np.random.default_rng(seed)
+    u = (rng.permuted(np.tile(np.arange(n), (dim, 1)), axis=1).T + rng.random((n, dim))) / n  # (n, dim) in (0, 1)
+    return np.vectorize(statistics.NormalDist().inv_cdf)(u)
+
+
 class CVAEHead(Head):
     """A latent-variable policy, the conditional VAE (ACT in LeRobot uses one). Encoder q(z | s, a) =
     N(mu_q, diag sigma_q^2), decoder p(a | s, z) a diagonal Gaussian (GaussianHead), prior p(z) = N(0, I).
@@ -919,7 +959,7 @@ class CVAEHead(Head):
     with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
     and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode)."""
 
-    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=64):
+    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=128):
         self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
@@ -968,16 +1008,23 @@ class CVAEHead(Head):
         return float(scale @ (recon + beta * kl)), dx[:, :O] + dx_enc[:, :O] if obs_grad else None
 
     def policy_log_prob(self, net, params, obs, a):
-        """log p(a | s) by importance sampling with K = samples draws from q: log 1/K sum_k p(a | s, z_k) p(z_k) /
-        q(z_k | s, a). Unbiased inside the log, so a lower bound in expectation that tightens as K grows; the
-        draws come from a generator seeded with 0, so the estimate is deterministic."""
+        """log p(a | s) by defensive importance sampling: K = samples draws, the first half from q(z | s, a) and
+        the rest from the prior, each weighted against the mixture r = (q + p) / 2 that drew them:
+        log 1/K sum_k p(a | s, z_k) p(z_k) / r(z_k). A Gaussian q is often narrower than the true posterior
+        (here, half the prior cut off where the decoder switches modes), and weights p / q alone then have tails
+        that a few draws blow up (+0.5 nats at K = 64); against r they stay below 2 p(a | s, z). Unbiased inside
+        the log, so a lower bound in expectation; the draws come from a generator seeded with 0 (deterministic)."""
         mu, log_std, _, _ = self.posterior(net, params, obs, a)
-        eps = np.random.default_rng(0).standard_normal((self.samples, *mu.shape)).astype(mu.dtype)
+        std, half, L = np.exp(log_std), self.samples // 2, self.latent_dim
+        eps = np.concatenate([stratified_normal(half, L, 0), stratified_normal(self.samples - half, L, 1)])  # (K, L)
+        eps = np.broadcast_to(eps[:, None, :], (self.samples, *mu.shape)).astype(mu.dtype)  # the same for every row
         log_w = []
-        for e in eps:  # one decoder pass per draw: memory stays (B, H)
-            z = mu + np.exp(log_std) * e
-            log_pz_over_q = -0.5 * (z * z).sum(1) + 0.5 * (e * e).sum(1) + log_std.sum(1)  # log p(z) - log q(z | s, a)
-            log_w.append(self.decoder.log_prob(self.decode(net, params, obs, z)[0], a) + log_pz_over_q)
+        for k, e in enumerate(eps):  # one decoder pass per draw: memory stays (B, H)
+            z = mu + std * e if k < half else e  # z ~ q(z | s, a), then z ~ p(z) (B, L)
+            log_q = -0.5 * (((z - mu) / std) ** 2).sum(1) - log_std.sum(1) - 0.5 * L * LOG_2PI  # log q(z | s, a)
+            log_p = -0.5 * (z * z).sum(1) - 0.5 * L * LOG_2PI  # log p(z)
+            log_r = np.logaddexp(log_q, log_p) - math.log(2)  # log (q + p) / 2
+            log_w.append(self.decoder.log_prob(self.decode(net, params, obs, z)[0], a) + log_p - log_r)
         return logsumexp(np.stack(log_w, 1)) - math.log(self.samples)
 
     def policy_sample(self, net, params, obs, rng):
@@ -1233,7 +1280,7 @@ def adam_step(opt, params, grad, loss, where):
 
 
 # ---- toy world ----
-# Three tasks, each a batch of n environments stepped by one numba kernel, each with a scripted expert
+# Four tasks, each a batch of n environments stepped by one numba kernel, each with a scripted expert
 # that reads the true state and can label any state. Kernels take their randomness as arrays of
 # uniforms drawn by the env's np.random.Generator, so a kernel and its .py_func agree bit for bit.
 
@@ -1482,15 +1529,18 @@ class Tree(VectorEnv):
     With cue=True the side is shown once, as a third observation (+-1) on an episode's first step and 0
     after it, and success also needs the cued side: the expert is non-Markovian in what the learner sees.
     corridor = L starts episodes L steps further down, a straight run before the expert's swerve: the cue must then
-    be remembered for L steps (raise the horizon by L too)."""
+    be remembered for L steps (raise the horizon by L too). A smaller dt takes smaller steps (give a horizon of
+    about 3 / dt). grid = g > 0 is a coarse sensor: the position is observed rounded to cells of size g (the cue
+    stays exact), so a move smaller than a cell does not show at all; the expert still acts on the true position."""
 
     action_dim = 2
-    radius, goal_y, dt, tol, start = 0.3, 1.0, 0.1, 0.1, 0.1
+    radius, goal_y, tol, start = 0.3, 1.0, 0.1, 0.1
 
-    def __init__(self, num_envs=256, horizon=40, cue=False, corridor=0, seed=0):
+    def __init__(self, num_envs=256, horizon=40, cue=False, corridor=0, dt=0.1, grid=0.0, seed=0):
         super().__init__(num_envs, horizon, seed)
         self.pos, self.side, self.cue = np.zeros((self.num_envs, 2)), np.ones(self.num_envs), bool(cue)
         self.corridor = _positive_int("corridor", corridor, 0)
+        self.dt, self.grid = _real("dt", dt, 0, 0.1, open_low=True), _real("grid", grid, 0)
         self.obs_dim = 2 + self.cue
 
     def advance(self, actions, reset):
@@ -1502,8 +1552,9 @@ class Tree(VectorEnv):
         return cost, done, {"success": success}
 
     def observe(self):
+        pos = np.round(self.pos / self.grid) * self.grid if self.grid else self.pos  # the centre cell: |x| < g / 2
         cue = self.side[:, None] * (self.t[:, None] == 0)  # the side, on an episode's first step only
-        return np.concatenate([self.pos, cue], 1).astype(np.float32) if self.cue else self.pos.astype(np.float32)
+        return np.concatenate([pos, cue], 1).astype(np.float32) if self.cue else pos.astype(np.float32)
 
     def unsafe(self, obs=None):
         return np.hypot(*self.pos.T) < self.radius + 0.1  # close to the tree
@@ -1591,6 +1642,61 @@ class Camera:
         return out.reshape(*p.shape[:-1], self.size**2).astype(np.float32)
 
 
+@njit(cache=True)
+def pendulum_expert(th, th_dot):
+    """A swing-up: energy pumping far from the top, a linear controller near it. With th'' = 15 sin th + 3 u
+    (Pendulum-v1), E = th_dot^2 / 2 - 15 (1 - cos th) is 0 upright at rest and dE/dt = 3 u th_dot, so u = -E th_dot
+    (clipped) drives E to 0; within 1 rad of the top, u = -(20 th + 5 th_dot), about the LQR gain for its cost."""
+    a = (th + math.pi) % (2 * math.pi) - math.pi  # the angle from the top, in [-pi, pi)
+    E = 0.5 * th_dot * th_dot - 15.0 * (1.0 - math.cos(th))
+    u = -(20.0 * a + 5.0 * th_dot) if abs(a) < 1.0 else -E * th_dot
+    return min(max(u, -2.0), 2.0)
+
+
+@njit(cache=True)
+def pendulum_step(th, th_dot, expert, action, u, reset, g, m, l, dt, max_speed, max_torque):
+    """One step of n pendulums (Gymnasium's Pendulum-v1), in place. th = 0 is upright. Rows with reset[i] start
+    at th uniform in [-pi, pi], th_dot uniform in [-1, 1] (u (n, 2)). expert (n, 1) holds pi*(s). Returns the
+    costs angle_normalize(th)^2 + 0.1 th_dot^2 + 0.001 u^2, of the state before the step, as Gymnasium's."""
+    cost = np.zeros(th.size, np.float32)
+    for i in range(th.size):
+        if reset[i]:
+            th[i], th_dot[i] = math.pi * (2 * u[i, 0] - 1), 2 * u[i, 1] - 1
+        else:
+            a = min(max(action[i, 0], -max_torque), max_torque)
+            angle = (th[i] + math.pi) % (2 * math.pi) - math.pi  # angle_normalize(th)
+            cost[i] = angle * angle + 0.1 * th_dot[i] * th_dot[i] + 0.001 * a * a
+            # th_dot' = clip(th_dot + (3 g / (2 l) sin th + 3 / (m l^2) u) dt, -8, 8); th' = th + th_dot' dt
+            th_dot[i] += (3 * g / (2 * l) * math.sin(th[i]) + 3 / (m * l * l) * a) * dt
+            th_dot[i] = min(max(th_dot[i], -max_speed), max_speed)
+            th[i] += th_dot[i] * dt
+        expert[i, 0] = pendulum_expert(th[i], th_dot[i])
+    return cost
+
+
+class Pendulum(VectorEnv):
+    """Gymnasium's Pendulum-v1 without Gymnasium: swing a pendulum up from a random start and hold it upright.
+    Observation (cos th, sin th, th_dot), action a torque in [-2, 2], 200 steps, same dynamics and cost. The
+    expert (pendulum_expert) scores about -150 on average over random starts. A continuous control task on
+    which every head should be able to match the expert."""
+
+    action_dim, obs_dim = 1, 3
+    g, m, l, dt, max_speed, max_torque = 10.0, 1.0, 1.0, 0.05, 8.0, 2.0
+
+    def __init__(self, num_envs=256, horizon=200, seed=0):
+        super().__init__(num_envs, horizon, seed)
+        self.th, self.th_dot = np.zeros(self.num_envs), np.zeros(self.num_envs)
+
+    def advance(self, actions, reset):
+        u = self.rng.random((self.num_envs, 2))
+        args = (self.g, self.m, self.l, self.dt, self.max_speed, self.max_torque)
+        cost = pendulum_step(self.th, self.th_dot, self.expert_action, actions, u, reset, *args)
+        return cost, np.zeros(self.num_envs, bool), {}
+
+    def observe(self):
+        return np.stack([np.cos(self.th), np.sin(self.th), self.th_dot], 1).astype(np.float32)  # (n, 3)
+
+
 # ---- data ----
 
 TRAJECTORY_FIELDS = {  # name: (dtype, shape in terms of n, T, O, A, G; required)
@@ -1654,6 +1760,17 @@ class Trajectories:
             raise ValueError("these trajectories are states only: they hold no actions")
         m = self.mask if where is None else self.mask & where
         return self.observations[:, :-1][m], (self.labels if labels else self.actions)[m]
+
+    def chunks(self, k, labels=True):
+        """Action chunks (ACT, Diffusion Policy): (s_t, [a_t, ..., a_{t+k-1}]) over the real steps, the target
+        (k A,) oldest first. A chunk never leaves its row's episode: past the episode's last real step it repeats
+        that step's label (as Diffusion Policy's sampler pads), so every real step keeps its example, the states
+        near an episode's end included, where a receding-horizon actor still asks. k = 1 gives pairs()."""
+        obs, _ = self.pairs(labels)
+        a, k = self.labels if labels else self.actions, _positive_int("k", k)  # (n, T, A)
+        (n, T, A), last = a.shape, self.mask.sum(1) - 1  # a row's real steps come first
+        t = np.minimum(np.arange(T)[:, None] + np.arange(k), last[:, None, None])  # (n, T, k): t + j, clamped
+        return obs, a[np.arange(n)[:, None, None], t][self.mask].reshape(-1, k * A)  # (B, O), (B, k A)
 
     def transitions(self):
         """(s, a, s') over the real steps: what an inverse dynamics model learns from."""
@@ -1853,6 +1970,69 @@ class History:
         if not O:
             raise ValueError("History needs env.obs_dim or env.single_observation_space to know the width of a frame")
         return self.k * ((O if isinstance(O, int) else math.prod(O)) + self.action_dim)
+
+
+class ChunkedActor:
+    """A chunk policy as rollout's actor (ACT, Zhao et al. 2023; Diffusion Policy, Chi et al. 2023). act(obs) ->
+    (r, k A) predicts a_t .. a_{t+k-1} (a policy trained on Trajectories.chunks(k)), for any r rows. Per
+    sub-environment the actor keeps what was predicted and executes it in one of two ways:
+      mode="receding"  the first m of each chunk, then a new prediction (m = k: whole chunks, open loop); act sees
+                       only the rows that need one
+      mode="ensemble"  ACT's temporal ensembling: a new chunk every step, and the action at t averages the chunks
+                       that cover t, a_t = sum_i w_i a_t^(i) / sum_i w_i, w_i = exp(-m i), i = 0 the oldest
+    rollout calls reset(rows) where episodes begin, and those rows forget their chunks. With k = 1 (and m = 1 when
+    receding) it acts exactly as act does."""
+
+    def __init__(self, act, k, m, mode="receding"):
+        self.act, self.k, self.mode = _callable("act", act), _positive_int("k", k), mode
+        if mode == "receding":
+            self.m = _positive_int("m", m)
+            if m > self.k:
+                raise ValueError(f"receding horizon: m must be at most k = {self.k}, got {m}")
+        elif mode == "ensemble":
+            self.m = _real("m", m, 0)  # w_i = exp(-m i)
+        else:
+            raise ValueError(f"mode must be 'receding' or 'ensemble', got {mode!r}")
+        self.past, self.left, self.seen = None, None, None
+
+    def reset(self, rows):
+        """Forget the chunks of rows (n,) bool: their next observation starts an episode."""
+        if self.left is None or len(self.left) != len(rows):
+            self.past, self.left, self.seen = None, np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+        self.left[rows] = 0  # receding: nothing left to execute, so the next step predicts
+        self.seen[rows] = 0  # ensemble: no earlier chunk covers the next step
+
+    def predict(self, obs, rows):
+        """Chunks for obs[rows], (r, k, A), made room for in past: (n, k, k, A) ensembled, (n, 1, k, A) receding."""
+        chunk = np.asarray(self.act(obs[rows]))
+        if chunk.ndim != 2 or len(chunk) != rows.sum() or chunk.shape[1] % self.k:
+            raise ValueError(f"act(obs) must return chunks of shape (rows, k A) with k = {self.k}, got {chunk.shape}")
+        chunk = chunk.reshape(len(chunk), self.k, -1)
+        shape = (len(obs), self.k if self.mode == "ensemble" else 1, self.k, chunk.shape[2])
+        if self.past is None or self.past.shape != shape:
+            self.past = np.zeros(shape, chunk.dtype)
+        return chunk
+
+    def __call__(self, obs):
+        n = len(obs)
+        if self.left is None or len(self.left) != n:
+            self.reset(np.ones(n, bool))
+        if self.mode == "receding":
+            new = self.left == 0  # the chunk is used up, or the episode has just begun
+            if new.any():
+                self.past[new, 0] = self.predict(obs, new)
+                self.left[new] = self.m
+            a = self.past[np.arange(n), 0, self.m - self.left]  # (n, A): each row's next action of its chunk
+            self.left -= 1
+            return a
+        chunk = self.predict(obs, np.ones(n, bool))
+        self.past = np.roll(self.past, 1, axis=1)  # past[:, j]: the chunk predicted j steps ago
+        self.past[:, 0] = chunk
+        self.seen = np.minimum(self.seen + 1, self.k)
+        j = np.arange(self.k)
+        w = np.where(j < self.seen[:, None], np.exp(-self.m * (self.seen[:, None] - 1 - j)), 0)  # (n, k): i = seen-1-j
+        a = self.past[:, j, j]  # (n, k, A): what the chunk from j steps ago predicted for this step
+        return ((w[:, :, None] * a).sum(1) / w.sum(1, keepdims=True)).astype(a.dtype)  # sum_i w_i a^(i) / sum_i w_i
 
 
 def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2, noise=0.0, seed=None, options=None):

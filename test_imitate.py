@@ -1,6 +1,7 @@
 """Tests mirror the lecture: one property per claim, gradients against float64 central differences,
 jitted kernels against their Python originals, and a tiny end-to-end run of every algorithm."""
 
+import math
 import os
 import pickle
 import re
@@ -1698,6 +1699,288 @@ def test_recurrent_bc_remembers_a_cue_end_to_end():
     traj = im.rollout(im.Tree(200, T, cue=True, corridor=L), scaled, T, rng, seed=2)
     assert losses[-10:].mean() < 0.1 * losses[:10].mean()
     assert traj.success.mean() >= 0.9
+
+
+# ---- the pendulum ----
+
+
+def pendulum_v1_step(th, th_dot, u):
+    """Gymnasium's Pendulum-v1 step transcribed from its formulas: g = 10, m = l = 1, dt = 0.05."""
+    g, m, l, dt = 10.0, 1.0, 1.0, 0.05
+    u = np.clip(u, -2.0, 2.0)
+    cost = (((th + np.pi) % (2 * np.pi)) - np.pi) ** 2 + 0.1 * th_dot**2 + 0.001 * u**2  # of the state before
+    th_dot = np.clip(th_dot + (3 * g / (2 * l) * np.sin(th) + 3.0 / (m * l**2) * u) * dt, -8.0, 8.0)
+    return th + th_dot * dt, th_dot, -cost
+
+
+def test_pendulum_step_matches_the_pendulum_v1_formulas():
+    env, rng = im.Pendulum(64, seed=0), np.random.default_rng(1)
+    obs, _ = env.reset(seed=0)
+    assert np.all(np.abs(env.th) <= math.pi) and np.all(np.abs(env.th_dot) <= 1)  # the random starts
+    for _ in range(30):
+        th, th_dot, u = env.th.copy(), env.th_dot.copy(), rng.uniform(-3, 3, (64, 1))  # beyond the bounds: clipped
+        th_next, th_dot_next, reward = pendulum_v1_step(th, th_dot, u[:, 0])
+        obs, r, terminated, truncated, _ = env.step(u)
+        assert np.allclose(env.th, th_next, atol=1e-12) and np.allclose(env.th_dot, th_dot_next, atol=1e-12)
+        assert np.allclose(r, reward, atol=1e-5) and not terminated.any() and not truncated.any()
+        expected = np.stack([np.cos(th_next), np.sin(th_next), th_dot_next], 1)
+        assert obs.dtype == np.float32 and np.allclose(obs, expected, atol=1e-6)
+
+
+def test_pendulum_kernel_equals_its_python_original():
+    th, th_dot, expert = np.linspace(-3, 3, 7), np.linspace(-8, 8, 7), np.zeros((7, 1))
+    action, u = np.linspace(-3, 3, 7)[:, None], np.random.default_rng(0).random((7, 2))
+    reset = np.arange(7) % 3 == 0
+    copies = [x.copy() for x in (th, th_dot, expert)]
+    args = (action, u, reset, 10.0, 1.0, 1.0, 0.05, 8.0, 2.0)
+    cost = im.pendulum_step(th, th_dot, expert, *args)
+    cost_py = im.pendulum_step.py_func(*copies, *args)
+    assert np.array_equal(cost, cost_py) and all(np.array_equal(a, b) for a, b in zip((th, th_dot, expert), copies))
+
+
+def test_pendulum_expert_swings_up_and_holds():
+    """About -150 on average over random starts (Gymnasium's Pendulum-v1 ranks -150 as solved)."""
+    env = im.Pendulum(512, seed=0)
+    traj = im.rollout(env, None, 200, np.random.default_rng(0), expert=env.expert, beta=1.0, seed=0)
+    returns = -traj.total_cost
+    assert traj.mask.all() and -160 < returns.mean() < -140
+    final = traj.observations[:, -1]
+    assert np.mean(final[:, 0] > 0.99) > 0.99  # upright (cos th ~ 1) at the end of almost every episode
+
+
+def test_pendulum_expert_labels_any_state():
+    env = im.Pendulum(4, seed=0)
+    env.reset(seed=0)
+    assert np.array_equal(env.expert(None), env.expert_action.astype(np.float32))
+    assert im.pendulum_expert(0.0, 0.0) == 0.0  # upright at rest: nothing to do
+    assert im.pendulum_expert(0.1, 0.0) < 0 and im.pendulum_expert(-0.1, 0.0) > 0  # pushed back to the top
+    assert im.pendulum_expert(math.pi, 0.5) == 2.0  # at the bottom: push along the swing (E < 0)
+
+
+# ---- the state-independent log-std ----
+
+
+def make_free_heads():
+    return {
+        "gaussian": im.GaussianHead(2, state_std=True),
+        "mixture": im.MixtureHead(2, 3, log_std_min=-2.0, state_std=True),
+    }
+
+
+@pytest.mark.parametrize("name", list(make_free_heads()))
+def test_state_independent_log_std_gradient_matches_central_differences(name):
+    head, rng = make_free_heads()[name], np.random.default_rng(1)
+    policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
+    assert policy.params.size == policy.net.n_params + head.free
+    policy.params[policy.net.n_params :] = rng.uniform(-1, 1, head.free)  # away from the initial zeros
+    params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
+
+    def loss(p, grad, w=None):
+        return head.policy_loss(policy.net, p, obs, a, np.random.default_rng(7), grad, w)[0]
+
+    for w in (None, np.float64([0.5, -1.0, 2.0, 1.0])):  # BC's mean and weighted (policy-gradient) losses
+        grad = np.full_like(params, np.nan)  # every entry is written
+        loss(params, grad, w)
+        assert rel_err(grad, numerical_grad(lambda p, w=w: loss(p, np.empty_like(p), w), params)) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(make_free_heads()))
+def test_state_independent_log_std_is_an_exact_likelihood(name):
+    """log_prob is the same density as the state-dependent head's with its log-std outputs set to the parameters."""
+    head, rng = make_free_heads()[name], np.random.default_rng(2)
+    policy = im.Policy(head, 3, rng, hidden=(8,))
+    policy.params[policy.net.n_params :] = rng.uniform(-1, 1, head.free)
+    obs, a = rng.standard_normal((5, 3)).astype(np.float32), rng.uniform(-1, 1, (5, 2)).astype(np.float32)
+    out = im.mlp_forward(policy.net, policy.params, obs)[0]
+    full = np.concatenate([out, np.tile(policy.params[policy.net.n_params :], (5, 1))], 1)
+    assert np.allclose(policy.log_prob(obs, a), head.log_prob(full, a))
+    loss, _ = head_loss(policy, obs, a, rng)
+    assert loss == pytest.approx(float(-policy.log_prob(obs, a).mean()), rel=1e-5)
+
+
+def test_state_independent_gaussian_mean_learns_as_l2_does():
+    """With one sigma for all states, every example's gradient in mu is (mu - a) / sigma^2: L2's, rescaled."""
+    head, rng = im.GaussianHead(1, state_std=True), np.random.default_rng(3)
+    policy = im.Policy(head, 3, rng, hidden=(8,))
+    policy.params[policy.net.n_params :] = 0.7
+    obs, a = rng.standard_normal((16, 3)), rng.uniform(-1, 1, (16, 1))
+    params = policy.params.astype(f64)
+    grad, grad_l2 = np.empty_like(params), np.empty(policy.net.n_params)
+    head.policy_loss(policy.net, params, obs, a, rng, grad)
+    im.L2Head(1).policy_loss(policy.net, params[: policy.net.n_params], obs, a, rng, grad_l2)
+    sigma2 = math.exp(2 * im.bounded_log_std(np.float64(0.7), *head.bounds)[0])
+    assert np.allclose(grad[: policy.net.n_params], grad_l2 / sigma2)
+
+
+def quadrature_log_prob(head, policy, obs, a):
+    """p(a | s) = integral N(z; 0, 1) p(a | s, z) dz, by the trapezoid rule on a fine grid (latent_dim = 1)."""
+    grid, out = np.linspace(-8.0, 8.0, 4001), []
+    for o, action in zip(obs, a):
+        x = np.repeat(o[None], len(grid), 0)
+        log_f = head.decoder.log_prob(
+            head.decode(policy.net, policy.params, x, grid[:, None].astype(np.float32))[0],
+            np.repeat(action[None], len(grid), 0),
+        ).astype(np.float64)
+        log_f += -0.5 * grid**2 - 0.5 * np.log(2 * np.pi)  # log N(z; 0, 1) p(a | s, z)
+        m = log_f.max()
+        out.append(m + np.log(np.trapezoid(np.exp(log_f - m), grid)))
+    return np.array(out)
+
+
+def test_cvae_log_prob_matches_quadrature_on_bimodal_actions():
+    rng = np.random.default_rng(0)  # tour()'s data: a = +-1 with equal odds whatever the observation
+    obs = rng.uniform(-1, 1, (2048, 2)).astype(np.float32)
+    actions = rng.choice(np.float32([-1, 1]), (2048, 1))
+    head = im.CVAEHead(1, latent_dim=1)
+    policy = im.Policy(head, 2, rng, hidden=(64, 64), activation="tanh")
+    im.bc(policy, obs, actions, rng, im.TrainConfig(steps=800, lr=3e-3))
+    test = rng.uniform(-1, 1, (60, 2)).astype(np.float32)
+    a = np.repeat(np.float32([[1], [-1]]), 30, 0)
+    exact = quadrature_log_prob(head, policy, test, a)
+    assert exact.mean() > 1.0  # a sharp bimodal fit (log 1/2 + log N(0; 0, sigma) with a small sigma)
+    assert np.abs(policy.log_prob(test, a) - exact).max() <= 0.05
+
+
+# ---- action chunks ----
+
+
+def labelled(lengths, T=9, A=2):
+    """Trajectories whose label at (row i, step t) is (i, t): every target tells where it came from."""
+    n = len(lengths)
+    mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    labels = np.stack(np.broadcast_arrays(np.arange(n)[:, None], np.arange(T)[None, :]), 2).astype(np.float32)
+    obs = np.zeros((n, T + 1, 1), np.float32)
+    obs[:, :-1, 0] = np.arange(T)  # s_t = t
+    return im.Trajectories(obs, labels[..., :A], None, mask, labels=labels[..., :A])
+
+
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_chunks_never_cross_episodes(k):
+    lengths = [9, 4, 1, 6]
+    obs, targets = labelled(lengths).chunks(k)
+    assert len(obs) == sum(lengths) and targets.shape == (sum(lengths), 2 * k)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    steps = targets.reshape(len(obs), k, 2)
+    assert np.all(steps[:, :, 0] == rows[:, None])  # every label of a chunk is its own episode's
+    last = np.asarray(lengths)[rows] - 1
+    expect = np.minimum(obs[:, 0, None] + np.arange(k), last[:, None])  # t .. t+k-1, the final label repeated
+    assert np.array_equal(steps[:, :, 1], expect)
+
+
+def test_chunks_of_one_are_pairs():
+    traj = labelled([9, 4, 1, 6])
+    for x, y in zip(traj.chunks(1), traj.pairs()):
+        assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        im.L2Head(6),
+        im.GaussianHead(6),
+        im.MixtureHead(6, 3),
+        im.AutoregressiveHead(np.tile([-1.0, -1.0], 3), np.tile([1.0, 1.0], 3), bins=5),
+        im.DiffusionHead(-np.ones(6), np.ones(6), steps=20, sample_steps=4),
+        im.CVAEHead(6),
+    ],
+    ids=lambda h: type(h).__name__,
+)
+def test_every_head_trains_on_chunks(head):
+    rng = np.random.default_rng(0)
+    env = im.Tree(16, 20)
+    obs, targets = im.rollout(env, None, 20, rng, expert=env.expert, beta=1.0, seed=0).chunks(3)  # (B, 3 A)
+    policy = im.Policy(head, 2, rng, hidden=(16,))
+    losses = im.bc(policy, obs, targets, rng, im.TrainConfig(steps=30, batch_size=32))
+    assert np.isfinite(losses).all()
+    assert policy.sample(obs[:5], rng).shape == (5, 6)
+
+
+def per_step_and_chunked(mode, m):
+    """One stochastic policy run on the tree twice with equal seeds: as it is, and through ChunkedActor(k=1)."""
+    policy = im.Policy(im.MixtureHead(2, 3), 2, np.random.default_rng(0))
+    runs = []
+    for chunked in (False, True):
+        rng = np.random.default_rng(1)
+        act = lambda o, rng=rng: policy.sample(o, rng)  # noqa: E731
+        runs.append(im.rollout(im.Tree(32, 10), im.ChunkedActor(act, 1, m, mode) if chunked else act, 25, rng, seed=3))
+    return runs
+
+
+@pytest.mark.parametrize("mode, m", [("receding", 1), ("ensemble", 0.01)])
+def test_chunk_of_one_is_the_per_step_policy(mode, m):
+    plain, chunked = per_step_and_chunked(mode, m)
+    assert (~plain.mask).any()  # episodes ended inside the run: the resets were exercised
+    assert np.array_equal(plain.actions, chunked.actions) and np.array_equal(plain.observations, chunked.observations)
+
+
+def test_coarse_sensor_rounds_what_the_learner_sees_not_what_the_expert_acts_on():
+    g, rng = 0.3, np.random.default_rng(0)
+    runs = [
+        im.rollout(env, None, 60, rng, expert=env.expert, beta=1.0, seed=4)
+        for env in (im.Tree(16, 60, dt=0.025), im.Tree(16, 60, dt=0.025, grid=g))
+    ]
+    assert np.array_equal(runs[0].actions, runs[1].actions) and np.array_equal(runs[0].mask, runs[1].mask)
+    exact, coarse = runs[0].observations, runs[1].observations
+    assert np.allclose(coarse, np.round(exact / g) * g, atol=1e-6)  # cells of size g, centred on the grid's points
+    centre = coarse[..., 0] == 0  # the centre cell: |x| < g / 2, however far a small step took it
+    assert centre.any() and (~centre).any() and np.all(np.abs(exact[..., 0][centre]) <= g / 2 + 1e-6)
+    for bad in (-0.1, np.inf, True, "0.3"):
+        with pytest.raises(ValueError):
+            im.Tree(4, 10, grid=bad)
+
+
+class Script:
+    """act(obs) -> chunks whose entries say which call made them and which step of the chunk they are."""
+
+    def __init__(self, k):
+        self.k, self.calls, self.rows = k, 0, []
+
+    def __call__(self, obs):
+        self.calls += 1
+        self.rows.append(len(obs))
+        return np.tile(self.calls * 100.0 + np.arange(self.k, dtype=np.float32), (len(obs), 1))
+
+
+def test_receding_horizon_executes_m_then_predicts():
+    script = Script(4)
+    actor = im.ChunkedActor(script, 4, 3)
+    actor.reset(np.ones(2, bool))
+    obs = np.zeros((2, 1), np.float32)
+    got = [actor(obs)[:, 0].tolist() for _ in range(4)]
+    assert got == [[100, 100], [101, 101], [102, 102], [200, 200]]  # the first m = 3 of each chunk
+    actor.reset(np.array([False, True]))  # row 1 starts a new episode: its chunk is dropped
+    assert actor(obs)[:, 0].tolist() == [201, 300] and script.rows[-1] == 1  # only row 1 is asked
+
+
+def test_temporal_ensembling_weights():
+    k, m = 3, 0.5
+    script = Script(k)
+    actor = im.ChunkedActor(script, k, m, "ensemble")
+    obs = np.zeros((1, 1), np.float32)
+    a = [actor(obs)[0, 0] for _ in range(4)]
+    # at step 2 chunks 1, 2, 3 (i = 0 the oldest) predicted 102, 201, 300 for it: w_i = exp(-m i)
+    w = np.exp(-m * np.arange(3))
+    assert a[0] == 100 and np.isclose(a[2], (w @ [102, 201, 300]) / w.sum())
+    assert np.isclose(a[3], (w @ [202, 301, 400]) / w.sum())
+    actor.reset(np.ones(1, bool))  # a new episode: only the new chunk counts
+    assert actor(obs)[0, 0] == 500
+
+
+class Episodes:
+    """A vector env whose row i's episodes last lengths[i] steps (next-step autoreset); it observes the step count."""
+
+    def __init__(self, lengths):
+        self.lengths = np.asarray(lengths)
+        self.num_envs = len(self.lengths)
+
+    def reset(self, seed=None, options=None):
+        self.t, self.done = np.zeros(self.num_envs), np.zeros(self.num_envs, bool)
+        return self.t[:, None].astype(np.float32), {}
+
+    def step(self, actions):
+        self.t = np.where(self.done, 0, self.t + 1)  # rows done at the previous step start over
+        self.done = (self.t >= self.lengths) & (self.t > 0)
+        return self.t[:, None].astype(np.float32), np.zeros(self.num_envs), self.done, self.done & False, {}
 
 
 # ---- what users bring ----
