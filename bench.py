@@ -1,12 +1,16 @@
-"""bench.py: the lecture's results, measured on your own machine in about a minute.
+"""bench.py: the lecture's results, measured on your own machine.
 
-    python bench.py                        # every section (about a minute on 2 cores)
+    python bench.py                        # every section
     python bench.py --quick                # a reduced run of every section, for CI
     python bench.py --seed 1 --json bench.json --plot bench.png
+    python bench.py --markdown bench.json  # the README's results tables, from a record
 
-Sections: 1. compounding error on the road (BC ~ eps T^2, DAgger ~ eps T), 2. expressive heads on
-multimodal demonstrations (the tree), 3. hindsight relabeling (goals), 4. speed. Every figure is
-printed beside what it is compared against; every target is marked PASS or MISS.
+Sections: 1. compounding error on the road (BC ~ eps T^2, DAgger ~ eps T), 2. what each expert label buys,
+3. expressive heads on multimodal demonstrations (the tree), 4. every head on continuous control (a
+pendulum), 5. memory (causal confusion, a non-Markovian expert, a cue beyond any window), 6. action chunks,
+7. hindsight relabeling, 8. learning without the expert's actions, 9. third-person imitation, 10. imitation
+and RL, 11. speed. Every figure is printed beside what it is compared against; every target is marked PASS
+or MISS. Each section's function says in its docstring what the section shows and why.
 """
 
 import argparse
@@ -94,7 +98,17 @@ def lookup(policy, lanes=ROAD["lanes"]):
 
 def compounding(seed, quick, figure):
     """Every method on the road, each on the same budget of expert labels at every horizon T; eps stays fixed
-    across the sweep (it is the world's reading noise)."""
+    across the sweep (it is the world's reading noise).
+
+    What it shows. BC never saw the roadside: after its first misreading it stays off the road and follows the
+    "tightrope" curve sum_t [1 - (1 - eps)^t] ~ eps T (T + 1) / 2, under both of the lecture's bounds (slope
+    ~1.9 on log-log axes). Everything that sees recoveries learns the way back and sits at the floor eps T (a
+    learner that reads the turn errs with probability eps at every step, whatever it learned): DAgger,
+    HG-DAgger and DART by interaction or noise, BC with side cameras from two synthetic views of every
+    demonstrated state (offsets of one lane, labelled with the expert's correction there), and active DAgger
+    by asking only where its ensemble disagrees. Each cost is the mean over the same evaluation episodes for
+    every method (common random numbers), and road_exact_cost's exact J must fall inside the simultaneous
+    (Bonferroni) 95% intervals; errors in shared episodes are shared by every method, so misses come in groups."""
     budget, horizons = 16384, [4, 8, 16, 32]
     episodes = 1 << (13 if quick else 17)  # evaluation episodes per T, the same ones for every method
     train = im.TrainConfig(steps=150 if quick else 300, lr=3e-3)
@@ -151,7 +165,18 @@ def compounding(seed, quick, figure):
 def labels(seed, quick, figure):
     """Cost against the expert labels each method used, on the road at T = 32 (section 1's runs are the largest
     budget); and DAgger's own argument: per round, the total-variation distance between the learner's state
-    distribution (exact, by the forward recursion; the offset x, time-averaged) and its aggregated data's."""
+    distribution (exact, by the forward recursion; the offset x, time-averaged) and its aggregated data's.
+
+    What it shows. More of the same does not help: BC's cost does not move over a 64x larger budget, since no
+    demonstration leaves the road (its policy is the same function of what it meets at every budget, so the
+    common evaluation episodes give the same number to the last digit). Recoveries are what a label buys: side
+    cameras and DART are near the floor with a few hundred labels, because each of their labels can be a
+    recovery; interactive methods first need enough rollouts to run into trouble. Active DAgger reaches
+    DAgger's cost on a sixth of its labels, at the price of K = 4 networks trained every round; its members
+    are narrow (16x16), since wide members trained on the road alone agree off it, and it scores the spread
+    of the members' mean actions, not of their argmax (members that pick the same move can still differ in
+    how sure they are). Its curve need not be monotone: the queries follow where the members happen to
+    disagree."""
     T, budgets, lanes = 32, [256, 1024, 4096, 16384], ROAD["lanes"]
     train, rng = im.TrainConfig(steps=150 if quick else 300, lr=3e-3), np.random.default_rng(seed + 1)
     evaluation, table = im.Road(2048 if quick else 8192, T, **ROAD), im.road_features(lanes)
@@ -272,7 +297,21 @@ def multimodal(seed, quick, figure):
     """Each head trained by BC on the tree's bimodal demonstrations, then run with sampled actions.
     The task is left-right symmetric, so every demonstration is added with its mirror image: the data hold
     both sides exactly equally (a sampled imbalance of a few percent tilts L2's conditional mean, and the
-    L2 policy, unstable on the centre line, follows the tilt round the tree)."""
+    L2 policy, unstable on the centre line, follows the tilt round the tree).
+
+    What it shows. L2 learns the conditional mean, straight ahead, and drives into the tree; the sampling
+    heads pass it on both sides in about equal shares. At the fork (the demonstrated states on the centre
+    line where the expert already swerves by 0.1 or more) fork_w1 compares the sideways part of each head's
+    samples with the demonstrations', and fork_midpoint is the share within 0.05 of straight ahead. What it
+    took: the mixture's components start apart along the actions' principal axis (from a random output layer
+    one component wins everywhere); the diffusion head's noisy action is scaled up beside the x100
+    observations (with Adam an input's scale is also its learning rate), its schedule is shifted to the
+    modes' scale, and it samples with 20 DDIM steps. The CVAE succeeds but its z does not pick the side: the
+    state tells the side everywhere except at the fork, so the ELBO leaves z unused there, and KL warm-up or
+    an aggregate-posterior (MMD) term leave a hole between the two posterior clusters that prior draws land
+    in. Two caveats: L2 given the same sharp inputs (l2_sharp) breaks the tie with its own approximation
+    error and goes round, nearly always on one side; and the unimodal Gaussian passes too, because its
+    sampling breaks the tie, while at the fork it is one hump (no single Gaussian does better than W1 0.058)."""
     rng = np.random.default_rng(seed)
     demo_env, held_env = im.Tree(256), im.Tree(128)
     demos = im.rollout(demo_env, None, 40, rng, expert=demo_env.expert, beta=1.0, seed=seed)
@@ -417,7 +456,12 @@ def confusion(seed, quick, figure):
     with probability 0.775, so the turn stays the same 85% of the time while the reading is right 80% of the
     time), each without and with the brake light, the previous executed move (History(road, 1, action_dim=1)).
     One budget of 12,800 expert labels per method, 3 training seeds. Episodes start at a random offset, so the
-    demonstrations hold recoveries: from the road alone both BCs compound and show nothing else."""
+    demonstrations hold recoveries: from the road alone both BCs compound and show nothing else.
+
+    What it shows. With the brake light BC errs less on the expert's states (when the previous move and the
+    reading disagree, the previous move is the better bet in the demonstrations), yet on its own roll-outs it
+    repeats itself and never notices a turn change, so its cost nearly doubles. DAgger labels exactly those
+    self-made states, so with the same observation it does not suffer."""
     T, rounds, n, road = 50, 4, 64, dict(eps=0.2, lanes=3, persist=0.775, start=3)
     train, seeds = im.TrainConfig(steps=400, lr=3e-3), range(seed, seed + (1 if quick else 3))
     cfg = im.DaggerConfig(rounds=rounds, horizon=T, train=im.TrainConfig(steps=200, lr=3e-3), val_seed=seed + 7)
@@ -607,7 +651,9 @@ def report_memory(r):
 
 
 def hindsight(seed, quick, figure):
-    """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal."""
+    """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal.
+    Relabeled with future states, the expert's wandering play teaches reaching goals it never aimed at, from
+    the central square where play started and from anywhere in the arena; the final state alone is weaker."""
     rng = np.random.default_rng(seed)
     wander = im.Goals(2560, horizon=20, play=True, start=0.5)  # play starts in the central square
     play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=seed)
@@ -666,7 +712,8 @@ def observation(seed, quick):
     """BCO against BC with the true actions on the same 16 state-only demonstrations of the goal task, over 3
     training seeds (2 quick), with the same initial weights: the labels and the minibatch draws differ. The
     learner explores one uniform random step from each of 2560 starts away from the walls, where every
-    transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal)."""
+    transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal).
+    At the walls pushing and standing still look the same, and the inferred labels go wrong there."""
     T, record = 30, {"bco": [], "bc_actions": []}
     cfg = im.BCOConfig(inverse=im.TrainConfig(steps=800 if quick else 2000, lr=1e-2))
     cfg = replace(cfg, train=im.TrainConfig(steps=400 if quick else 1000, lr=3e-3))
@@ -718,7 +765,10 @@ def observation(seed, quick):
 def one_shot(seed, quick):
     """One-shot imitation over 64 tasks of the goal world (a task is a goal no observation names), 4
     demonstrations each; tested on unseen goals, one demonstration each from one start, the policy from
-    another. Bounds: BC without the task, and goal-conditioned BC told the true goal, on the same demos."""
+    another. Bounds: BC without the task, and goal-conditioned BC told the true goal, on the same demos.
+    The encoder reads phi(s_t, t / T) mean-pooled over the demonstration; the gradient runs from the policy's
+    loss through z and the pooling into it. The time stamp matters: an order-blind mean of phi(s_t) sees a
+    bag of states and finds the goal only because demonstrations linger there."""
     rng, T, tasks, per, E = np.random.default_rng(seed), 30, 64, 4, 16
     cfg = im.OneShotConfig(horizon=T, train=im.TrainConfig(steps=600 if quick else 1500, lr=3e-3))
     goals = np.repeat(rng.uniform(-1, 1, (tasks, 2)).astype(np.float32), per, 0)
@@ -782,7 +832,10 @@ def beyond(seed, quick):
     """A deliberately slow expert (speed 0.5 of the 1 the arena allows) on the goal task with the task's own
     cost, 1 per step away from the goal: the reward can tell a faster policy. BC matches the expert; PPO
     fine-tuning from BC beats it; PPO from scratch, on the same env steps, does not; and the shaped reward
-    r + lambda log pi_BC(a | s) trades the two off."""
+    r + lambda log pi_BC(a | s) trades the two off. The Gaussian head's sigma lies in [0.1, 1] (BC drives it
+    to 0.1, which leaves PPO room to explore). pi_BC's log-density falls by about 100 u^2 for a diagonal
+    speed-up u, against 1 per step of task cost, so the best speed solves 100 lambda (u^2 + u) = 1: 0.59 at
+    lambda 0.1, 0.51 at lambda 1 (the expert's 0.5)."""
     rng, T = np.random.default_rng(seed), 30
     cfg = im.PPOConfig(iterations=12 if quick else 40, horizon=T, lr=3e-4)
     task = dict(observe_goal=True, cost="task", speed=0.5)
@@ -829,7 +882,9 @@ def beyond(seed, quick):
 def adversarial(seed, quick):
     """GAIL on the road (reading noise 0.02, T = 50) from ONE demonstration, which never leaves the road.
     Success: a total cost (disagreement with the expert) of at most 4. Then the learned reward alone trains
-    a fresh policy, with no demonstrations."""
+    a fresh policy, with no demonstrations. GAIL's entropy term matters: without it the learner is more
+    deterministic than the demonstrator, the discriminator rates the demonstrator's rare misreadings above
+    its common moves, and a fresh policy on that reward seeks them out."""
     rng, T, threshold = np.random.default_rng(seed), 50, 4
     road = dict(eps=0.02, lanes=3)
     cfg = im.PPOConfig(iterations=10 if quick else 20, horizon=T, lr=3e-3, entropy=0.2)
@@ -1030,7 +1085,10 @@ def control_heads():
         "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
         "autoregressive": (im.AutoregressiveHead(*BOUNDS, bins=41), (64, 64), 1500, 3e-3),
         "diffusion": (im.DiffusionHead(*BOUNDS), (64, 64), 1500, 3e-3),
-        "cvae": (im.CVAEHead(1, latent_dim=1, log_std_min=-2.0), (64, 64), 1500, 3e-3),
+        # the decoder's log sigma one parameter, as the Gaussian's (a decoder sigma(s) stops its mean learning: BC
+        # -1388); and beta 8: with sigma at its floor the encoder otherwise passes each label's residual through z,
+        # the decoder leans on it, and z = 0 decodes a worse mean (beta 1: BC -519, beta 4: -173, seed 2: -614)
+        "cvae": (im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
     }
 
 
@@ -1211,6 +1269,99 @@ def road_chunks(seed, quick):
     return {"T": T, "k": ROAD_K, "m": ROAD_M, "cost": cost, "cost_ci": ci, "cpu": time.process_time() - cpu}
 
 
+CONTROL_K, CONTROL_M = 4, 0.01  # chunk length; ACT's m (w_i = exp(-m i), i = 0 the oldest: 0.01 is nearly uniform)
+
+
+def chunk_heads(k):
+    """bench.py control's heads over (k A,) targets: head, hidden widths, gradient steps, step size. The mixture has
+    3 components, not control's 5: with 5, DAgger's chunk policy missed the target on 2 of 4 seeds, with 3 on none."""
+    return {
+        "l2": (im.L2Head(k), (64, 64), 1500, 3e-3),
+        "mog": (im.MixtureHead(k, 3, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+    }
+
+
+def chunks_control(seed, quick):
+    """Per head: a policy over chunks of CONTROL_K torques, run by temporal ensembling (a chunk predicted every step,
+    the executed torque the average of the CONTROL_K chunks that cover it) with its deterministic action (policy.act),
+    from the EPISODES common random starts of section 9. Trained two ways on LABELS expert labels each:
+      bc      chunks of LABELS / 200 expert demonstrations
+      dagger  ROUNDS rounds of LABELS / (200 ROUNDS) episodes, the first the expert's, the rest driven by the
+              ensembled chunk policy; a chunk target there is the expert's labels at the next CONTROL_K states the
+              learner visited (Trajectories.chunks), retrained warm-started on the aggregate for half the steps
+    Contrast: the same policies run open loop, whole chunks at a time (receding horizon, m = k)."""
+    rng, k, m = np.random.default_rng(seed), CONTROL_K, CONTROL_M
+    evaluation = Scaled(32 if quick else EPISODES, seed=seed + 1)
+
+    def evaluate(act):
+        returns = -im.rollout(evaluation, act, 200, rng, seed=seed + 2).total_cost  # the same starts every time
+        ci, _ = im.bootstrap_ci(returns, rng)
+        return {"return": float(returns.mean()), "return_ci": [float(c) for c in ci]}
+
+    def run(policy):  # ensembled (the target), and whole chunks open loop (the contrast)
+        ensemble = evaluate(im.ChunkedActor(policy.act, k, m, mode="ensemble"))
+        return ensemble | {"receding": evaluate(im.ChunkedActor(policy.act, k, k))}
+
+    demo_env = Scaled(LABELS // 200, seed=seed)
+    demos = im.rollout(demo_env, None, 200, rng, expert=demo_env.expert, beta=1.0, seed=seed + 3)
+    record = {
+        "expert": evaluate(lambda obs: evaluation.expert()),
+        "k": k,
+        "m": m,
+        "labels": LABELS,
+        "episodes": evaluation.num_envs,
+    }
+    for name, (head, hidden, steps, lr) in chunk_heads(k).items():
+        steps, cpu = steps // 8 if quick else steps, time.process_time()
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        im.bc(policy, *demos.chunks(k), rng, im.TrainConfig(steps=steps, lr=lr))
+        bc = run(policy)
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        env, data = Scaled(LABELS // (200 * ROUNDS), seed=seed + 4), []
+        for i in range(ROUNDS):
+            learner = None if i == 0 else im.ChunkedActor(policy.act, k, m, mode="ensemble")  # DAgger: who acts
+            traj = im.rollout(
+                env, learner, 200, rng, expert=env.expert, beta=1.0 if i == 0 else 0.0, seed=seed + 10 + i
+            )
+            data.append(traj.chunks(k))  # the expert labels every state visited, whoever acted
+            obs, targets = (np.concatenate(part) for part in zip(*data))  # aggregate
+            im.bc(policy, obs, targets, rng, im.TrainConfig(steps=steps if i == 0 else steps // 2, lr=lr))
+        record[name] = run(policy) | {"data": "dagger", "bc": bc, "cpu": time.process_time() - cpu}
+        say(
+            f"  pendulum {name:<4} k = {k}, ensembled: BC {bc['return']:7.1f}  DAgger {record[name]['return']:7.1f}"
+            f"  (expert {record['expert']['return']:.1f}), {record[name]['cpu']:.1f} s CPU"
+        )
+    return record
+
+
+def report_chunks_control(r):
+    e, k, m = r["expert"]["return"], r["k"], r["m"]
+    say(
+        f"  pendulum, chunks of k = {k}, ensembled with m = {m:g}: return [95% CI] on {r['episodes']} common starts, "
+        f"{r['labels']} labels each; expert {e:.1f} "
+        f"[{r['expert']['return_ci'][0]:.1f}, {r['expert']['return_ci'][1]:.1f}]"
+    )
+    say(f"    {'head':<6}{'data':<8}{'ensembled':>24}{'whole chunks (m = k)':>26}")
+    lines = []
+    for name, h in r.items():
+        if not isinstance(h, dict) or "data" not in h:
+            continue
+        for data, x in (("bc", h["bc"]), ("dagger", h)):
+            say(
+                f"    {name:<6}{data:<8}{x['return']:>9.1f} [{x['return_ci'][0]:.0f}, {x['return_ci'][1]:.0f}]"
+                f"{x['receding']['return']:>11.1f} [{x['receding']['return_ci'][0]:.0f}, "
+                f"{x['receding']['return_ci'][1]:.0f}]" + (f"   {h['cpu']:.1f} s CPU" if data == "dagger" else "")
+            )
+        lines.append(
+            target(
+                h["return"] >= e - 0.15 * abs(e),
+                f"chunks: pendulum {name} (DAgger data) ensembled chunks of {k} return {h['return']:.1f} within 15% "
+                f"of the expert's {e:.1f}",
+            )
+        )
+    return lines
+
+
 def chunks(seed, quick, figure):
     """Where chunks should help: on the tree seen through a coarse sensor (positions rounded to cells of 0.3, steps of
     0.025), a small sideways step does not change what the learner sees. In the centre cell the demonstrations part left
@@ -1227,6 +1378,7 @@ def chunks(seed, quick, figure):
     }
     record["heads"] = tree_chunks(seed, quick)
     record["road"] = road_chunks(seed, quick)
+    record["control"] = chunks_control(seed, quick)
     record["seconds"], record["cpu"] = time.perf_counter() - start, time.process_time() - cpu
     return record
 
@@ -1264,6 +1416,7 @@ def report_chunks(r):
     lines.append(
         target(rising, "chunks: road cost rises with m, each interval above the last (open loop cannot react)")
     )
+    lines += report_chunks_control(r["control"])
     return lines
 
 
@@ -1311,6 +1464,13 @@ def mlp_step(seed, reps):
 
 
 def speed(seed, quick, figure):
+    """The compiled world against plain Python, and a training step against its own matmuls. A training step
+    allocates nothing large: activations and gradients live in buffers the policy owns (Buffers,
+    Policy.workspace), written with out= and in place; a step that allocates its temporaries (2 MB for the
+    2x256 MLP) has glibc hand them back to the system and page-fault them in again, and then costs 2.5x its
+    matmuls in a fresh process. What remains beyond the matmuls is single-threaded elementwise passes (bias,
+    activation and its backward, the bias gradient), some forty numpy calls of Python, and Adam's float32 loop;
+    the ratio moves with the machine's own speed, so it is measured side by side in one run."""
     rng, n, reps = np.random.default_rng(seed), 4096, 5 if quick else 20
     # the compiled road step against the same step as plain Python
     x, c, r = (rng.integers(-1, 2, n) for _ in range(3))
@@ -1458,15 +1618,175 @@ SECTIONS = [  # JSON key (None: the run's own top-level keys), title, run(seed, 
     ),
     ("labels", "What each expert label buys: cost against labels on the road", labels, report_labels),
     ("multimodal", "Expressive heads on the tree's bimodal demonstrations", multimodal, report_multimodal),
-    ("memory", "Latent variables and memory: causal confusion and a non-Markovian expert", memory, report_memory),
+    ("control", "Continuous control: every head imitates a pendulum swing-up", control, report_control),
+    ("memory", "Memory: causal confusion, a non-Markovian expert, a cue beyond any window", memory, report_memory),
+    ("chunks", "Action chunks: commit to a mode, and an open loop cannot react", chunks, report_chunks),
     ("hindsight", "Hindsight relabeling on the goal task", hindsight, report_hindsight),
     (None, "Without the expert's actions: BCO and one-shot imitation", without_actions, report_without_actions),
-    (None, "Imitation and RL: beyond the expert, a shaped reward, and GAIL", rl, report_rl),
     ("third_person", "Third-person imitation through a time-contrastive embedding", third_person, report_third_person),
-    ("control", "Continuous control: every head imitates a pendulum swing-up", control, report_control),
-    ("chunks", "Action chunks: commit to a mode, and an open loop cannot react", chunks, report_chunks),
+    (None, "Imitation and RL: beyond the expert, a shaped reward, and GAIL", rl, report_rl),
     ("speed", "Speed, measured side by side after warm-up", speed, report_speed),
 ]
+
+
+def markdown(r):
+    """The README's results from a record (bench.json): one compact table per section."""
+
+    def table(title, header, rows, note=""):
+        lines = [f"**{title}**" + (f" {note}" if note else ""), "", "| " + " | ".join(header) + " |"]
+        lines += ["|" + "---|" * len(header)] + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+        return "\n".join(lines) + "\n"
+
+    def ci(x, key="ci", f=".3f"):
+        lo, hi = x[key]
+        return f"[{lo:{f}}, {hi:{f}}]"
+
+    b, lab, mm = r["bounds"], r["labels"], r["multimodal"]
+    out = [
+        table(
+            "1. Compounding error (the road, eps = 0.005, 16,384 labels each).",
+            ["method", *[f"J at T = {T}" for T in b["T"]], "log-log slope", "labels"],
+            [
+                [
+                    k,
+                    *[f"{c:.3f}" for c in m["cost"]],
+                    f"{m['slope']:.2f} {ci(m, 'slope_ci', '.2f')}",
+                    m["expert_labels"],
+                ]
+                for k, m in b["methods"].items()
+            ]
+            + [["tightrope eps T(T+1)/2", *[f"{c:.3f}" for c in b["tightrope"]], "", ""]],
+        ),
+        table(
+            "2. What each label buys (the road at T = 32): cost at each budget, with the labels used.",
+            ["method", *[f"budget {x}" for x in lab["budgets"]]],
+            [[k, *[f"{c:.3f} ({n})" for c, n in zip(m["cost"], m["labels"])]] for k, m in lab["methods"].items()],
+        ),
+        table(
+            "3. Multimodal demonstrations (the tree).",
+            ["head", "success", "left", "fork W1", "midpoint", "held-out NLL"],
+            [
+                [
+                    k,
+                    f"{m['success']:.3f}",
+                    "-" if m["left"] is None else f"{m['left']:.2f}",
+                    f"{m['fork_w1']:.3f}",
+                    f"{m['fork_midpoint']:.3f}",
+                    "-" if m["nll"] is None else f"{m['nll']:.2f}",
+                ]
+                for k, m in mm.items()
+            ],
+            f"CVAE: a z held fixed keeps to one side in {mm['cvae']['z_consistency']:.2f} of its episodes; "
+            f"{mm['cvae']['z_left']:.2f} of z's go left.",
+        ),
+    ]
+    c = r["control"]
+    out.append(
+        table(
+            f"4. Continuous control (Pendulum-v1, {c['labels']} labels; the expert {c['expert']['return']:.0f} "
+            f"{ci(c['expert'], 'return_ci', '.0f')}).",
+            ["head", "BC return", "DAgger return"],
+            [
+                [
+                    k,
+                    f"{m['bc']['return']:.0f} {ci(m['bc'], 'return_ci', '.0f')}",
+                    f"{m['dagger']['return']:.0f} {ci(m['dagger'], 'return_ci', '.0f')}",
+                ]
+                for k, m in c["heads"].items()
+            ],
+        )
+    )
+    cc, nm, lm = r["memory"]["causal_confusion"], r["memory"]["non_markovian"], r["memory"]["long"]
+    rows = [[k, f"{v['heldout_error']:.3f}", f"{v['cost']:.2f} {ci(v, 'cost_ci', '.2f')}"] for k, v in cc.items()]
+    out.append(
+        table(
+            "5. Memory. Causal confusion (the brake light is the previous move):",
+            ["method", "held-out error", "cost J"],
+            rows,
+        )
+    )
+    rows = [
+        ["cued tree, no memory", f"{nm['memoryless']['success']:.3f} {ci(nm['memoryless'], 'success_ci')}"],
+        ["cued tree, last 8 observations", f"{nm['history']['success']:.3f} {ci(nm['history'], 'success_ci')}"],
+        [
+            f"cue {lm['cue_steps']} steps back, last {lm['history']['k']} observations",
+            f"{lm['history']['success']:.3f} {ci(lm['history'], 'success_ci')}",
+        ],
+        [
+            f"cue {lm['cue_steps']} steps back, a GRU",
+            f"{lm['recurrent']['success']:.3f} {ci(lm['recurrent'], 'success_ci')}",
+        ],
+    ]
+    out.append(table("... and a cue shown only on the first step:", ["policy", "success"], rows))
+    ch = r["chunks"]
+    rows = [
+        [name, *[f"{h[k]['success']:.3f} ({h[k]['undecided']:.2f})" for k in ("per_step", *[f"m{m}" for m in MS])]]
+        for name, h in ch["heads"].items()
+    ]
+    out.append(
+        table(
+            f"6. Action chunks ({ch['task']}): success (share undecided at the tree).",
+            ["head", "per step", *[f"chunks, m = {m}" for m in MS]],
+            rows,
+        )
+    )
+    road = ch["road"]
+    out.append(
+        table(
+            f"... and on the road (k = {road['k']}), where a new reading arrives every step:",
+            ["steps executed per prediction m", *map(str, road["m"])],
+            [["cost J", *[f"{x:.2f}" for x in road["cost"]]]],
+        )
+    )
+    pc = ch["control"]
+    rows = [
+        [
+            k,
+            f"{v['bc']['return']:.0f} {ci(v['bc'], 'return_ci', '.0f')}",
+            f"{v['return']:.0f} {ci(v, 'return_ci', '.0f')}",
+            f"{v['receding']['return']:.0f}",
+        ]
+        for k, v in pc.items()
+        if isinstance(v, dict) and "data" in v
+    ]
+    title = f"... and on the pendulum (the expert {pc['expert']['return']:.0f}), chunks of {pc['k']}, ACT's ensembling:"
+    out.append(table(title, ["head", "BC data", "DAgger data", "DAgger, whole chunks open loop"], rows))
+    h = r["hindsight"]
+    out.append(
+        table(
+            "7. Hindsight relabeling (goals).",
+            ["policy", "held-out goals", "perturbed starts"],
+            [[k, f"{v['success']:.3f}", f"{v['perturbed_success']:.3f}"] for k, v in h.items()],
+        )
+    )
+    rows = [[k, f"{v['success']:.3f} {ci(v, 'success_ci')}"] for k, v in (r["observation"] | r["one_shot"]).items()]
+    out.append(table("8. Without the expert's actions (unseen goals).", ["policy", "success"], rows))
+    t = r["third_person"]
+    rows = [[k, f"{t[k]['success']:.3f} {ci(t[k], 'success_ci')}"] for k in ("tcn", "unaligned", "first_person")]
+    out.append(
+        table(
+            f"9. Third-person imitation (one video per unseen goal; alignment {t['alignment']:.3f}).",
+            ["goal from", "success"],
+            rows,
+        )
+    )
+    rl, g = r["rl"], r["gail"]
+    rows = [[k, f"{v['return']:.2f} {ci(v, 'return_ci', '.2f')}"] for k, v in rl.items() if k != "finetune_shaped"]
+    rows += [
+        [f"shaped, lambda {v['lambda']}", f"{v['return']:.2f} {ci(v, 'return_ci', '.2f')}"]
+        for v in rl["finetune_shaped"]
+    ]
+    out.append(table("10. Imitation and RL (a slow expert, the task's own cost).", ["policy", "return"], rows))
+    rows = [[k, f"{g[k]['success']:.3f}"] for k in ("expert", "bc", "gail", "irl_fresh")]
+    out.append(table(f"... GAIL from {g['demos']} demonstrated steps (success):", ["policy", "success"], rows))
+    s = r["speed"]
+    rows = [
+        ["compiled road step against plain Python", f"{s['env_speedup_vs_python']:.0f}x"],
+        ["2x256 MLP training step against its matmuls (fresh process)", f"{s['mlp_step_over_matmul_fresh']:.2f}x"],
+        ["DDIM with 10 steps against 10 network forwards", f"{s['ddim_over_forwards']:.2f}x"],
+    ]
+    out.append(table("11. Speed.", ["what", "ratio"], rows))
+    return "\n".join(out)
 
 
 def main():
@@ -1475,8 +1795,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the record as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the figure (needs matplotlib)")
+    parser.add_argument("--markdown", metavar="JSON", help="print the README's results tables from a record")
     parser.add_argument("--mlp-step", metavar="SEED", type=int, help=argparse.SUPPRESS)  # speed's fresh process
     args = parser.parse_args()
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return
     if args.mlp_step is not None:
         print(json.dumps(mlp_step(args.mlp_step, 100)))
         return

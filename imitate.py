@@ -330,15 +330,20 @@ class Adam:
         self.eps, self.max_norm = _real("eps", eps, 0, 1, open_low=True), _real("max_norm", max_norm, 0)
         self.m, self.v, self.t = np.zeros(n, np.float32), np.zeros(n, np.float32), 0
 
-    def step(self, params, grad):
-        """One step, with the gradient first clipped to global norm max_norm (if > 0); returns the norm.
-        Changes nothing when the norm is not finite or its square overflows the float32 moments (>= 1e19)."""
+    def step(self, params, grad, loss=0.0, where="Adam"):
+        """One step on the gradient, first clipped to global norm max_norm (if > 0); returns the norm. A loss or a
+        gradient that is not finite, or a gradient whose square overflows the float32 second moment (norm >= 1e19),
+        is a ValueError naming `where`, and nothing changes: the parameters stay as before this step."""
         for name, x in (("params", params), ("grad", grad)):
             if x.dtype != np.float32 or x.shape != self.m.shape or not x.flags.c_contiguous:
                 raise ValueError(f"{name} must be a contiguous float32 vector of length {self.m.size}")
         norm = math.sqrt(float(np.dot(grad, grad)))  # NaN or inf if any element is
-        if not norm < 1e19:
-            return norm
+        if not (math.isfinite(loss) and norm < 1e19):
+            raise ValueError(
+                f"{where} has loss {loss:.3g} and gradient norm {norm:.3g}; training stopped there, with the "
+                "parameters as before that step. Likely unscaled observations or actions (standardise them) or an lr "
+                "too large"
+            )
         self.t += 1
         scale = self.max_norm / norm if 0 < self.max_norm < norm else 1.0
         adam_update(params, grad, self.m, self.v, float(self.t), self.lr, *self.betas, self.eps, scale)
@@ -388,7 +393,8 @@ def check_array(name, x, shape=None, dtype=None):
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if shape is not None and (x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape))):
-        raise ValueError(f"{name} must have shape {tuple('*' if s is None else s for s in shape)}, got {x.shape}")
+        want = ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        raise ValueError(f"{name} must have shape ({want}), got {x.shape}")
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {x.dtype}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
@@ -837,14 +843,6 @@ def sinusoidal_forward(n, dim):
     return np.concatenate([np.sin(angle), np.cos(angle)], 1)
 
 
-def sinusoidal_backward(dout, n, dim):
-    """d/dn of sum(dout * embedding(n)), treating n as continuous: (B,)."""
-    w = np.exp(-math.log(10000) * np.arange(dim // 2) / (dim // 2))
-    angle = np.asarray(n, np.float64)[:, None] * w
-    h = dim // 2
-    return (dout[:, :h] * w * np.cos(angle) - dout[:, h:] * w * np.sin(angle)).sum(1)
-
-
 def ddpm_sample(eps_fn, x, schedule, rng, clip=1.0):
     """Ancestral sampling through all N steps: x_{n-1} ~ q(x_{n-1} | x_n, x0_hat), x0_hat clipped to +-clip."""
     beta, alpha, alpha_bar = schedule
@@ -957,10 +955,15 @@ class CVAEHead(Head):
     Loss: the negative ELBO, l = -log p(a | s, z) + beta KL(q(z | s, a) || p(z)), with z = mu_q + sigma_q eps
     (reparameterised, eps ~ N(0, I)). The policy's network is the decoder, on [s, z]; the encoder, on [s, a]
     with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
-    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode)."""
+    and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode).
+    state_std: the decoder's log sigma is one parameter per action dimension (GaussianHead's state_std), placed
+    between the decoder's network and the encoder. A decoder sigma(s) has the Gaussian head's trouble: where it
+    grows, the decoder's mean there stops learning, and act() decodes that mean."""
 
-    def __init__(self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=128):
-        self.decoder = GaussianHead(action_dim, log_std_min, log_std_max)
+    def __init__(
+        self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=128, state_std=False
+    ):
+        self.decoder = GaussianHead(action_dim, log_std_min, log_std_max, state_std)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
         self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
         self.beta = _real("beta", beta, 0)
@@ -975,18 +978,23 @@ class CVAEHead(Head):
         )
 
     def init_extra(self, net, rng):
-        return self.encoder(net).init(rng)
+        return np.concatenate([np.zeros(self.decoder.free, np.float32), self.encoder(net).init(rng)])
 
     def posterior(self, net, params, obs, a, workspace=None):
         enc, x = self.encoder(net), np.concatenate([obs, a], 1)
-        q, cache = mlp_forward(enc, params[net.n_params :], x, buffers(workspace, "encoder", enc, x, params))
+        start = net.n_params + self.decoder.free  # the encoder's parameters: after the decoder's
+        q, cache = mlp_forward(enc, params[start:], x, buffers(workspace, "encoder", enc, x, params))
         L = self.latent_dim
         return q[:, :L], *bounded_log_std(q[:, L:], -4.0, 0.0), cache  # mu_q, log sigma_q (B, L), sigma_q <= 1
 
     def decode(self, net, params, obs, z, workspace=None):
         """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
         x = np.concatenate([obs, z], 1)
-        return mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
+        out, cache = mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
+        if self.decoder.free:  # state_std: the log sigma parameters, the same for every row
+            log_std = params[net.n_params : net.n_params + self.decoder.free]
+            out = np.concatenate([out, np.broadcast_to(log_std, (len(out), self.decoder.free))], 1)
+        return out, cache
 
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
         O, beta = obs.shape[1], self.beta
@@ -997,14 +1005,18 @@ class CVAEHead(Head):
         recon, drecon = self.decoder.nll(out, a)  # -log p(a | s, z) (B,)
         kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
         scale = example_weights(w, recon + beta * kl)  # w_i / B
-        dx = mlp_backward(net, params, drecon * scale[:, None], cache, grad)  # d/d[s, z] (B, O + L)
+        drecon, A, free = drecon * scale[:, None], self.action_dim, self.decoder.free
+        if free:  # state_std: a log sigma parameter's gradient sums over the rows it was repeated in
+            grad[net.n_params : net.n_params + free] = drecon[:, A:].sum(0)
+        dx = mlp_backward(net, params, np.ascontiguousarray(drecon[:, : 2 * A - free]), cache, grad)  # d/d[s, z]
         dz, s = dx[:, O:], scale[:, None]
         dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
         # term 1 through z (dz/dlog sigma = sigma eps); term 2: dKL/dlog sigma = sigma^2 - 1
         dlog_std = dz * std * eps + beta * (std * std - 1) * s
         enc = self.encoder(net)
         dq = np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
-        dx_enc = mlp_backward(enc, params[net.n_params :], dq, q_cache, grad[net.n_params :], obs_grad)
+        start = net.n_params + free
+        dx_enc = mlp_backward(enc, params[start:], dq, q_cache, grad[start:], obs_grad)
         return float(scale @ (recon + beta * kl)), dx[:, :O] + dx_enc[:, :O] if obs_grad else None
 
     def policy_log_prob(self, net, params, obs, a):
@@ -1265,18 +1277,8 @@ def bc(policy, obs, actions, rng, cfg=TrainConfig(), mask=None):
             losses[step], _ = policy.head.policy_loss(
                 policy.net, policy.params, obs[i], actions[i], rng, grad, None, policy.workspace
             )
-        adam_step(opt, policy.params, grad, losses[step], f"bc: step {step}")
+        opt.step(policy.params, grad, losses[step], f"bc: step {step}")
     return losses
-
-
-def adam_step(opt, params, grad, loss, where):
-    """opt.step, or a ValueError when the loss or the gradient is not finite: then nothing has changed."""
-    norm = opt.step(params, grad) if np.isfinite(loss) else math.nan
-    if not norm < 1e19:  # Adam changed nothing: params are as they were before this step
-        raise ValueError(
-            f"{where} has loss {loss:.3g} and gradient norm {norm:.3g}; training stopped there, with the parameters "
-            "as before that step. Likely unscaled observations or actions (standardise them) or an lr too large"
-        )
 
 
 # ---- toy world ----
@@ -2484,8 +2486,8 @@ def one_shot(policy, encoder, demos, per, rng, cfg=OneShotConfig()):
         s, a = demos.observations[imitated[:, None], t], demos.actions[imitated[:, None], t]  # (P, K, O), (P, K, A)
         loss = one_shot_loss(policy, encoder, enc_params, x[shown], real[shown], s, a, rng, grad, enc_grad)
         loss = loss if np.isfinite(enc_grad).all() else math.nan  # neither network steps unless both can
-        adam_step(opts[0], policy.params, grad, loss, f"one_shot: step {step}")
-        adam_step(opts[1], enc_params, enc_grad, loss, f"one_shot: step {step} (encoder)")
+        opts[0].step(policy.params, grad, loss, f"one_shot: step {step}")
+        opts[1].step(enc_params, enc_grad, loss, f"one_shot: step {step} (encoder)")
     return enc_params
 
 
@@ -2583,8 +2585,8 @@ def tcn(first, third, observations, frames, mask, rng, cfg=TCNConfig()):
             cfg.alpha, first_grad, third_grad,
         )  # fmt: skip
         loss = loss if np.isfinite(third_grad).all() else math.nan  # neither network steps unless both can
-        adam_step(opts[0], first_params, first_grad, loss, f"tcn: step {step}")
-        adam_step(opts[1], third_params, third_grad, loss, f"tcn: step {step} (third-person encoder)")
+        opts[0].step(first_params, first_grad, loss, f"tcn: step {step}")
+        opts[1].step(third_params, third_grad, loss, f"tcn: step {step} (third-person encoder)")
     return first_params, third_params
 
 
@@ -2705,7 +2707,7 @@ def ppo(policy, env, rng, cfg=PPOConfig(), reward=None, value=None, evaluate=Non
             for i in np.array_split(rng.permutation(len(s)), cfg.minibatches):
                 w = clipped_weights(l_old[i], A[i], cfg.clip)  # PPO: the head's own loss, reweighted
                 loss, _ = policy.head.policy_loss(policy.net, policy.params, s[i], a[i], rng, grad, w, policy.workspace)
-                adam_step(opt, policy.params, grad, loss, f"ppo: iteration {it}, epoch {epoch}")
+                opt.step(policy.params, grad, loss, f"ppo: iteration {it}, epoch {epoch}")
         bc(value, s, target[:, None], rng, cfg.value)
         env_steps += int(mask.sum())
         notes = dict(iteration=it + 1, env_steps=env_steps, reward=float((r * mask).sum(1).mean()))

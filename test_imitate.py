@@ -589,12 +589,6 @@ def test_samplers_with_the_exact_noise_predictor_of_a_gaussian_mixture():
     assert ddim == sorted(ddim) and ddim[-1] > 0.93
 
 
-def test_sinusoidal_embedding_backward_matches_central_differences():
-    n, dout = np.array([0.0, 3.0, 41.5]), np.random.default_rng(0).standard_normal((3, 8))
-    numeric = numerical_grad(lambda v: (im.sinusoidal_forward(v, 8) * dout).sum(), n)
-    assert rel_err(im.sinusoidal_backward(dout, n, 8), numeric) < 1e-6
-
-
 def test_diffusion_actions_stay_in_bounds_and_mode_is_deterministic(bimodal):
     policy = bimodal["diffusion"][0]
     obs = np.random.default_rng(1).uniform(-5, 5, (500, 2)).astype(np.float32)
@@ -1386,19 +1380,19 @@ def readme_blocks(gymnasium):
     return [b for b in blocks if ("import gymnasium" in b) == gymnasium]
 
 
-def test_readme_examples_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("i", range(len(readme_blocks(gymnasium=False))))
+def test_each_readme_example_runs_alone(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write files
-    namespace = {}
-    for block in readme_blocks(gymnasium=False):  # one namespace, in order, as a reader would run them
-        exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(readme_blocks(gymnasium=False)[i], str(README), "exec"), {})  # a fresh namespace: it imports
 
 
-def test_readme_gymnasium_example_runs():
+def test_readme_gymnasium_examples_run_and_imitate():
     pytest.importorskip("gymnasium")
-    (block,) = readme_blocks(gymnasium=True)
-    namespace = {}
-    exec(compile(block, str(README), "exec"), namespace)
-    assert namespace["balanced"] == 500
+    cartpole, pendulum = ({} for _ in range(2))
+    for block, namespace in zip(readme_blocks(gymnasium=True), (cartpole, pendulum)):
+        exec(compile(block, str(README), "exec"), namespace)
+    assert cartpole["balanced"] == 500
+    assert pendulum["learner"] >= pendulum["expert"] - 0.15 * abs(pendulum["expert"])  # within 15% of the expert
 
 
 def test_ci_runs_the_readmes_test_command():
@@ -1839,6 +1833,62 @@ def test_cvae_log_prob_matches_quadrature_on_bimodal_actions():
     exact = quadrature_log_prob(head, policy, test, a)
     assert exact.mean() > 1.0  # a sharp bimodal fit (log 1/2 + log N(0; 0, sigma) with a small sigma)
     assert np.abs(policy.log_prob(test, a) - exact).max() <= 0.05
+
+
+@pytest.mark.parametrize("state_std", [False, True])
+def test_cvae_gradients_with_a_state_independent_decoder_sigma_match_central_differences(state_std):
+    head = im.CVAEHead(2, latent_dim=2, beta=0.7, samples=8, state_std=state_std)
+    rng = np.random.default_rng(1)
+    policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
+    params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
+    n = policy.net.n_params
+    params[n : n + head.decoder.free] = [0.3, -0.2][: head.decoder.free]  # away from the zero start
+    w = np.array([1.0, 2.0, 0.5, 1.0])
+
+    def loss(p, o, grad, obs_grad=False):  # a fresh generator each call: the same eps
+        return head.policy_loss(policy.net, p, o, a, np.random.default_rng(7), grad, w, None, obs_grad)
+
+    grad = np.full_like(params, np.nan)  # every entry is written
+    _, dobs = loss(params, obs, grad, True)
+    assert rel_err(grad, numerical_grad(lambda p: loss(p, obs, np.empty_like(p))[0], params)) < 1e-6
+    assert rel_err(dobs, numerical_grad(lambda o: loss(params, o, np.empty_like(params))[0], obs)) < 1e-6
+
+
+def test_cvae_state_std_puts_one_log_sigma_per_action_dimension_between_decoder_and_encoder():
+    rng = np.random.default_rng(0)
+    head = im.CVAEHead(2, latent_dim=1, state_std=True)
+    policy = im.Policy(head, 3, rng, hidden=(8,))
+    n = policy.net.n_params
+    assert head.n_out == 2 and head.decoder.free == 2  # the network gives the mean only
+    assert policy.params.size == n + 2 + head.encoder(policy.net).n_params
+    policy.params[n : n + 2] = [-1.0, 0.5]
+    obs, z = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((5, 1)).astype(np.float32)
+    out = head.decode(policy.net, policy.params, obs, z)[0]
+    assert np.array_equal(out[:, 2:], np.tile(np.float32([-1.0, 0.5]), (5, 1)))  # the same at every state
+
+
+def test_cvae_state_std_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, state_std=True), 3, rng, hidden=(8,))
+    obs, a = rng.standard_normal((64, 3)).astype(np.float32), rng.standard_normal((64, 1)).astype(np.float32)
+    im.bc(policy, obs, a, rng, im.TrainConfig(steps=20))
+    loaded = im.load_policy(policy.save(tmp_path / "cvae"))
+    assert np.array_equal(loaded.act(obs), policy.act(obs))
+    assert np.array_equal(loaded.log_prob(obs, a), policy.log_prob(obs, a))
+
+
+def test_cvae_with_a_state_std_decoder_and_collapsed_posterior_acts_like_its_mean():
+    """On unimodal (deterministic) labels a large beta collapses the posterior (KL -> 0): the decoder then ignores z
+    and act() (z = 0) is the fitted mean, close to the labels, as L2's is."""
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (2048, 2)).astype(np.float32)
+    a = np.sin(2 * obs[:, :1]) + 0.5 * obs[:, 1:]
+    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), 2, rng)
+    im.bc(policy, obs, a, rng, im.TrainConfig(steps=600, lr=3e-3))
+    mu, log_std, _, _ = policy.head.posterior(policy.net, policy.params, obs, a)
+    kl = 0.5 * (mu * mu + np.exp(2 * log_std) - 1 - 2 * log_std).sum(1)
+    assert kl.mean() < 0.05
+    assert np.mean((policy.act(obs) - a) ** 2) < 0.01
 
 
 # ---- action chunks ----
@@ -2286,3 +2336,60 @@ def test_every_entry_point_answers_odd_input_with_a_clear_error(name, data):
         pass
     except (ValueError, TypeError) as e:
         assert argument in str(e) or argument in ("head", "dim", "low", "high"), f"{argument}: {e}"
+
+
+class Foreign:
+    """A foreign vector env that returns what it is told to: the ways envs in the wild differ from Gymnasium's."""
+
+    def __init__(self, reset=None, step=None, n=4):
+        self.num_envs, self.reset_out, self.step_out = n, reset, step
+
+    def reset(self, seed=None, options=None):
+        return self.reset_out or (np.zeros((self.num_envs, 2), np.float32), {})
+
+    def step(self, actions):
+        n = self.num_envs
+        return self.step_out or (np.zeros((n, 2), np.float32), np.zeros(n), np.ones(n, bool), np.zeros(n, bool), {})
+
+
+def test_the_odd_inputs_users_met_get_clear_errors_or_work():
+    rng, zero = np.random.default_rng(0), lambda o: np.zeros((len(o), 1), np.float32)  # noqa: E731
+    n, gauss = 4, im.Policy(im.GaussianHead(1), 2, rng, hidden=(4,))
+    road = im.Policy(im.GaussianHead(1), im.Road(1).obs_dim, rng, hidden=(4,))
+    ok = (np.zeros((n, 2), np.float32), np.zeros(n), np.zeros(n, np.int8), np.zeros(n, np.int8), None)
+    im.rollout(Foreign(step=ok), zero, 3, rng)  # int8 terminations and info=None: read as they are
+    im.TrainConfig(lr=np.float32(1e-3))  # numpy scalars are numbers
+    cases = [
+        (lambda: im.dagger(gauss, im.Road(4, 3), im.Road(4).expert, rng, cfg=None), "cfg must be a DaggerConfig"),
+        (
+            lambda: im.gail(gauss, Foreign(), np.zeros((n, 2)), np.zeros(n), rng, disc=None),
+            "disc must be a TrainConfig",
+        ),
+        (lambda: im.History(im.Road(2, 3), 2).step(np.zeros((2, 1))), "call reset\\(\\) before step"),
+        (lambda: im.History(Foreign(), 2).obs_dim, "History needs env.obs_dim"),
+        (lambda: im.relabel(im.rollout(im.Goals(2, 3), zero2, 3, rng).states_only(), rng), "states only"),
+        (lambda: im.Ensemble([None, None]), "members must be a Policy"),
+        (lambda: im.gail(gauss, Foreign(), np.zeros(n), np.zeros((n, 1)), rng), "obs must have shape"),
+        (lambda: im.relabel(im.rollout(im.Goals(2, 3), zero2, 3, rng), rng, achieved="0"), "achieved must be a slice"),
+        (lambda: im.relabel(im.rollout(im.Goals(2, 3), zero2, 3, rng), rng, achieved=slice(5, 7)), "selects none"),
+        (lambda: im.DiffusionHead([0], [1], shift=1e200), "shift must be a finite number in"),
+        (
+            lambda: im.rollout(Foreign(step=(*ok[:1], np.zeros((n, 1)), *ok[2:])), zero, 3, rng),
+            "rewards must have shape",
+        ),
+        (lambda: im.rollout(Foreign(reset=(np.zeros((n, 2)),)), zero, 3, rng), "env.reset must return"),
+        (lambda: im.bc(gauss, np.ones((n, 2)) * 1j, np.zeros(n), rng), "obs must hold real numbers"),
+        (lambda: im.bc(gauss, np.zeros((n, 2)), np.full(n, 2**25), rng), "integers beyond 2\\^24"),
+        (lambda: im.bc(gauss, np.zeros((n, 2)), np.zeros(n), rng, im.TrainConfig(lr=1e39)), "lr must be a finite"),
+        (lambda: im.ppo(road, im.Road(4, 3), rng, reward=lambda t: np.zeros((4, 1))), "reward\\(traj\\) must have"),
+        (lambda: im.Road(seed=-1), "seed must be an integer >= 0"),
+        (lambda: im.Policy(im.L2Head(1), 2, rng, hidden=8), "hidden must be a tuple"),
+        (lambda: im.bc(gauss, np.array([["a", "b"]]), np.zeros(1), rng), "obs must hold real numbers"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()
+
+
+def zero2(o):
+    return np.zeros((len(o), 2), np.float32)
