@@ -268,7 +268,7 @@ def report_compounding(r):
     ]
 
 
-# ---- 2. multimodal demonstrations ----
+# ---- 3. multimodal demonstrations ----
 
 
 def fork_metrics(sample, obs, actions, threshold=0.1, window=0.05, repeats=32):
@@ -440,7 +440,115 @@ def report_multimodal(r):
     return lines
 
 
-# ---- 3. latent variables and memory ----
+# ---- 4. continuous control: the pendulum ----
+
+
+LABELS, ROUNDS, EPISODES = 4000, 4, 128  # expert labels for BC and for DAgger; DAgger's rounds; evaluation episodes
+SCALE = np.float32([1, 1, 0.25])  # the network sees (cos th, sin th, th_dot / 4): inputs of unit scale
+BOUNDS = ([-2.0], [2.0])
+
+
+class Scaled(im.Pendulum):
+    """The pendulum as the policies see it (the expert reads the true state either way)."""
+
+    def observe(self):
+        return super().observe() * SCALE
+
+
+def control_heads():
+    """head, hidden widths, gradient steps (BC; DAgger retrains half as many per round, warm-started), step size."""
+    return {
+        "l2": (im.L2Head(1), (64, 64), 1500, 3e-3),
+        # one log sigma for all states: a learned sigma(s) lets the mean stop learning where sigma(s) is large
+        "gaussian": (im.GaussianHead(1, state_std=True), (64, 64), 1500, 3e-3),
+        # and a floor of sigma = e^-2: the expert's torque sits exactly at +-2 in a tenth of the states, and
+        # components narrowed onto those two values would otherwise win the likelihood and the argmax
+        "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+        "autoregressive": (im.AutoregressiveHead(*BOUNDS, bins=41), (64, 64), 1500, 3e-3),
+        "diffusion": (im.DiffusionHead(*BOUNDS), (64, 64), 1500, 3e-3),
+        # the decoder's log sigma one parameter, as the Gaussian's (a decoder sigma(s) stops its mean learning: BC
+        # -1388); and beta 8: with sigma at its floor the encoder otherwise passes each label's residual through z,
+        # the decoder leans on it, and z = 0 decodes a worse mean (beta 1: BC -519, beta 4: -173, seed 2: -614)
+        "cvae": (im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+    }
+
+
+def control(seed, quick, figure):
+    """Each head trained by BC on LABELS expert labels (LABELS / 200 demonstrations), and by DAgger on the same
+    number (ROUNDS rounds of LABELS / (200 ROUNDS) episodes; the first round the expert's), then run with its
+    deterministic action (policy.act) from EPISODES common random starts."""
+    rng = np.random.default_rng(seed)
+    rounds, episodes = (2, 32) if quick else (ROUNDS, EPISODES)  # quick: fewer rollouts of 200 steps
+    evaluation = Scaled(episodes, seed=seed + 1)
+
+    def evaluate(act):
+        traj = im.rollout(evaluation, act, 200, rng, seed=seed + 2)  # the same starts for every policy
+        returns = -traj.total_cost
+        ci, _ = im.bootstrap_ci(returns, rng)
+        return {"return": float(returns.mean()), "return_ci": [float(c) for c in ci]}
+
+    expert = evaluate(lambda obs: evaluation.expert())
+    demo_env = Scaled(LABELS // 200, seed=seed)
+    obs, actions = im.rollout(demo_env, None, 200, rng, expert=demo_env.expert, beta=1.0, seed=seed + 3).pairs()
+    record = {"expert": expert, "labels": len(obs), "heads": {}}
+    for name, (head, hidden, steps, lr) in control_heads().items():
+        steps = steps // 8 if quick else steps
+        train = im.TrainConfig(steps=steps, lr=lr)
+        row = {}
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        start = time.perf_counter()
+        im.bc(policy, obs, actions, rng, train)
+        row["bc_train_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row["bc"] = evaluate(policy.act)
+        row["eval_seconds"] = time.perf_counter() - start
+        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
+        env = Scaled(LABELS // (200 * rounds), seed=seed + 4)
+        retrain = im.TrainConfig(steps=steps // 2, lr=lr)  # per round, warm-started
+        cfg = im.DaggerConfig(rounds=rounds, horizon=200, train=retrain, val_seed=seed + 5)
+        start = time.perf_counter()
+        result = im.dagger(policy, env, env.expert, rng, cfg)
+        row["dagger_train_seconds"] = time.perf_counter() - start
+        row["dagger"] = evaluate(result.best.act) | {"labels": len(result.obs)}
+        row["network"] = f"{len(hidden)}x{hidden[0]}, {steps} steps, lr {lr:g}"
+        record["heads"][name] = row
+        say(
+            f"  {name:<15} BC {row['bc']['return']:8.1f}  DAgger {row['dagger']['return']:8.1f}  "
+            f"trained in {row['bc_train_seconds']:.1f} + {row['dagger_train_seconds']:.1f} s"
+        )
+    return record
+
+
+def report_control(r):
+    e = r["expert"]["return"]
+    say(
+        f"\n  expert {e:.1f} [{r['expert']['return_ci'][0]:.1f}, {r['expert']['return_ci'][1]:.1f}]; "
+        f"{r['labels']} labels each"
+    )
+    say(f"  {'head':<15}{'BC':>8}{'95% CI':>18}{'DAgger':>9}{'95% CI':>18}{'train s':>12}{'eval s':>8}  network")
+    for k, m in r["heads"].items():
+        b, d = m["bc"], m["dagger"]
+        ci = [f"[{x['return_ci'][0]:.0f}, {x['return_ci'][1]:.0f}]" for x in (b, d)]
+        seconds = f"{m['bc_train_seconds']:.1f}+{m['dagger_train_seconds']:.1f}"
+        say(
+            f"  {k:<15}{b['return']:>8.1f}{ci[0]:>18}{d['return']:>9.1f}{ci[1]:>18}"
+            f"{seconds:>12}{m['eval_seconds']:>8.2f}  {m['network']}"
+        )
+    lines, l2 = [], r["heads"]["l2"]["bc"]["return"]
+    for k, m in r["heads"].items():
+        d = m["dagger"]["return"]
+        lines.append(target(d >= e - 0.15 * abs(e), f"{k} DAgger {d:.1f} within 15% of the expert's {e:.1f}"))
+    for k in ("gaussian", "mog", "autoregressive", "cvae"):  # the likelihood heads (diffusion has none)
+        b = r["heads"][k]["bc"]["return"]
+        lines.append(
+            target(b >= l2 - 0.15 * abs(e), f"{k} BC {b:.1f} no more than 15% of |expert| below L2's {l2:.1f}")
+        )
+    d = r["heads"]["diffusion"]["bc"]["return"]
+    say(f"  (diffusion has no likelihood, so no BC target: its BC return is {d:.1f}; it needs DAgger's recoveries)")
+    return lines
+
+
+# ---- 5. memory ----
 
 
 def memory(seed, quick, figure):
@@ -647,526 +755,7 @@ def report_memory(r):
     ]
 
 
-# ---- 4. hindsight relabeling ----
-
-
-def hindsight(seed, quick, figure):
-    """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal.
-    Relabeled with future states, the expert's wandering play teaches reaching goals it never aimed at, from
-    the central square where play started and from anywhere in the arena; the final state alone is weaker."""
-    rng = np.random.default_rng(seed)
-    wander = im.Goals(2560, horizon=20, play=True, start=0.5)  # play starts in the central square
-    play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=seed)
-    one_goal = np.tile(np.float32([[0.5, 0.5]]), (2560, 1))
-    fixed = im.Goals(2560, horizon=20, start=0.5)
-    demos = im.rollout(fixed, None, 20, rng, expert=fixed.expert, beta=1.0, seed=seed, options={"goals": one_goal})
-    train = im.TrainConfig(steps=800 if quick else 3000)
-    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (1000, 2)).astype(np.float32)  # held-out goals
-    record = {}
-    for name in ("gcbc_future", "gcbc_final", "bc_no_goal", "bc_one_goal"):
-        policy = im.Policy(
-            im.L2Head(2), 2 if name == "bc_no_goal" else 4, np.random.default_rng(seed), hidden=(128, 128)
-        )
-        if name.startswith("gcbc"):
-            im.hindsight_bc(policy, play, rng, train, strategy=name[5:])
-        elif name == "bc_no_goal":
-            im.bc(policy, *play.pairs(), rng, train)
-        else:
-            obs, act = demos.pairs()
-            im.bc(policy, np.concatenate([obs, np.tile(one_goal[:1], (len(obs), 1))], 1), act, rng, train)
-
-        def act(obs, policy=policy, name=name):
-            return policy.act(obs if name == "bc_no_goal" else np.concatenate([obs, goals], 1))
-
-        record[name] = {
-            key: float(
-                im.rollout(
-                    im.Goals(1000, 30, start=s), act, 30, rng, seed=seed + 5, options={"goals": goals}
-                ).success.mean()
-            )
-            for key, s in (("success", 0.5), ("perturbed_success", 1.0))  # perturbed: starts anywhere in the arena
-        }
-        say(f"  {name:<12} success {record[name]['success']:.3f}")
-    return record
-
-
-def report_hindsight(r):
-    say(f"\n  {'policy':<13}{'held-out goals':>15}{'perturbed starts':>18}")
-    for k, m in r.items():
-        say(f"  {k:<13}{m['success']:>15.3f}{m['perturbed_success']:>18.3f}")
-    f, b = r["gcbc_future"]["success"], r["bc_no_goal"]["success"]
-    return [
-        target(f >= 0.9, f"future relabeling {f:.3f} >= 0.90 on held-out goals"),
-        target(f - b >= 0.3, f"future relabeling {f - b:+.3f} above BC without goals (>= +0.30)"),
-    ]
-
-
-# ---- 6. without the expert's actions ----
-
-
-def without_actions(seed, quick, figure):
-    return {"observation": observation(seed, quick), "one_shot": one_shot(seed, quick)}
-
-
-def observation(seed, quick):
-    """BCO against BC with the true actions on the same 16 state-only demonstrations of the goal task, over 3
-    training seeds (2 quick), with the same initial weights: the labels and the minibatch draws differ. The
-    learner explores one uniform random step from each of 2560 starts away from the walls, where every
-    transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal).
-    At the walls pushing and standing still look the same, and the inferred labels go wrong there."""
-    T, record = 30, {"bco": [], "bc_actions": []}
-    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=800 if quick else 2000, lr=1e-2))
-    cfg = replace(cfg, train=im.TrainConfig(steps=400 if quick else 1000, lr=3e-3))
-    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
-    evaluation = im.Goals(len(goals), T, observe_goal=True)
-    for s in range(seed, seed + (2 if quick else 3)):
-        rng = np.random.default_rng(s)
-        demo_env, explore_env = (
-            im.Goals(16, T, observe_goal=True, seed=s),
-            im.Goals(1280 if quick else 2560, 1, start=0.9, observe_goal=True),
-        )
-        demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=s)
-        for name in record:
-            policy = im.Policy(im.L2Head(2), 4, np.random.default_rng(s))
-            if name == "bco":
-                inverse = im.Policy(im.L2Head(2), 4, np.random.default_rng(s + 1))
-
-                def explore(obs, rng=rng):  # BCO: uniform random actions
-                    return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
-
-                steps = im.bco(
-                    policy,
-                    inverse,
-                    explore_env,
-                    demos.states_only(),
-                    explore,
-                    np.random.default_rng(s + 2),
-                    cfg,
-                    state=slice(0, 2),
-                )
-            else:
-                im.bc(policy, *demos.pairs(), np.random.default_rng(s + 2), cfg.train)
-            record[name].append(
-                im.rollout(evaluation, policy.act, T, rng, seed=s + 3, options={"goals": goals}).success
-            )
-    out, rng = {}, np.random.default_rng(seed)
-    for name, success in record.items():
-        pooled = np.concatenate(success)
-        out[name] = {
-            "success": float(pooled.mean()),
-            "success_ci": im.bootstrap_ci(pooled, rng)[0].tolist(),
-            "per_seed": [float(x.mean()) for x in success],
-        }
-    out["bco"]["exploration_steps"] = steps
-    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
-    return out
-
-
-def one_shot(seed, quick):
-    """One-shot imitation over 64 tasks of the goal world (a task is a goal no observation names), 4
-    demonstrations each; tested on unseen goals, one demonstration each from one start, the policy from
-    another. Bounds: BC without the task, and goal-conditioned BC told the true goal, on the same demos.
-    The encoder reads phi(s_t, t / T) mean-pooled over the demonstration; the gradient runs from the policy's
-    loss through z and the pooling into it. The time stamp matters: an order-blind mean of phi(s_t) sees a
-    bag of states and finds the goal only because demonstrations linger there."""
-    rng, T, tasks, per, E = np.random.default_rng(seed), 30, 64, 4, 16
-    cfg = im.OneShotConfig(horizon=T, train=im.TrainConfig(steps=600 if quick else 1500, lr=3e-3))
-    goals = np.repeat(rng.uniform(-1, 1, (tasks, 2)).astype(np.float32), per, 0)
-    env = im.Goals(tasks * per, T, seed=seed)
-    demos = im.rollout(env, None, T, rng, expert=env.expert, beta=1.0, seed=seed, options={"goals": goals})
-    test = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
-    shown_env, test_env = im.Goals(len(test), T), im.Goals(len(test), T)
-    shown = im.rollout(
-        shown_env, None, T, rng, expert=shown_env.expert, beta=1.0, seed=seed + 2, options={"goals": test}
-    )
-    actors, (obs, actions) = {}, demos.pairs()
-    for name, time_stamp in (("one_shot", True), ("one_shot_order_blind", False)):
-        encoder = im.MLP((2 + time_stamp, 64, 64, E))
-        policy = im.Policy(im.L2Head(2), 2 + E, np.random.default_rng(seed))
-        c = replace(cfg, time_stamp=time_stamp)
-        actors[name] = im.one_shot_actor(policy, encoder, im.one_shot(policy, encoder, demos, per, rng, c), shown, c)
-    for name in ("no_task", "true_goal"):
-        policy = im.Policy(im.L2Head(2), 2 if name == "no_task" else 4, np.random.default_rng(seed))
-        told = obs if name == "no_task" else np.concatenate([obs, np.repeat(goals, T, 0)[demos.mask.ravel()]], 1)
-        im.bc(policy, told, actions, rng, im.TrainConfig(steps=300 if quick else 1000))
-        actors[name] = policy.act if name == "no_task" else (lambda o, p=policy: p.act(np.concatenate([o, test], 1)))
-    out = {}
-    for name, act in actors.items():
-        success = im.rollout(test_env, act, T, rng, seed=seed + 3, options={"goals": test}).success
-        out[name] = {"success": float(success.mean()), "success_ci": im.bootstrap_ci(success, rng)[0].tolist()}
-    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
-    return out
-
-
-def report_without_actions(r):
-    o, s = r["observation"], r["one_shot"]
-    say(f"\n  {'policy':<22}{'success':>8}{'95% CI':>17}   (goal task, unseen goals)")
-    for k, v in (("bc_actions", o["bc_actions"]), ("bco", o["bco"]), *s.items()):
-        say(f"  {k:<22}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]")
-    per_seed = {k: ", ".join(f"{x:.3f}" for x in o[k]["per_seed"]) for k in ("bco", "bc_actions")}
-    say(
-        f"  BCO explored {o['bco']['exploration_steps']} steps per seed; "
-        f"per seed: BCO {per_seed['bco']}, BC {per_seed['bc_actions']}"
-    )
-    gap = o["bco"]["success"] - o["bc_actions"]["success"]
-    return [
-        target(
-            abs(gap) <= 0.05, f"BCO {o['bco']['success']:.3f} within 5 points of BC with the true actions ({gap:+.3f})"
-        ),
-        target(s["one_shot"]["success"] >= 0.8, f"one-shot {s['one_shot']['success']:.3f} >= 0.80 on unseen tasks"),
-        target(
-            s["one_shot"]["success"] - s["no_task"]["success"] >= 0.5,
-            f"one-shot {s['one_shot']['success'] - s['no_task']['success']:+.3f} above BC without the task (>= +0.50)",
-        ),
-    ]
-
-
-# ---- 7. imitation and RL ----
-
-
-def rl(seed, quick, figure):
-    return {"rl": beyond(seed, quick), "gail": adversarial(seed, quick)}
-
-
-def beyond(seed, quick):
-    """A deliberately slow expert (speed 0.5 of the 1 the arena allows) on the goal task with the task's own
-    cost, 1 per step away from the goal: the reward can tell a faster policy. BC matches the expert; PPO
-    fine-tuning from BC beats it; PPO from scratch, on the same env steps, does not; and the shaped reward
-    r + lambda log pi_BC(a | s) trades the two off. The Gaussian head's sigma lies in [0.1, 1] (BC drives it
-    to 0.1, which leaves PPO room to explore). pi_BC's log-density falls by about 100 u^2 for a diagonal
-    speed-up u, against 1 per step of task cost, so the best speed solves 100 lambda (u^2 + u) = 1: 0.59 at
-    lambda 0.1, 0.51 at lambda 1 (the expert's 0.5)."""
-    rng, T = np.random.default_rng(seed), 30
-    cfg = im.PPOConfig(iterations=12 if quick else 40, horizon=T, lr=3e-4)
-    task = dict(observe_goal=True, cost="task", speed=0.5)
-    demo_env, probe_env, env = (
-        im.Goals(256, T, **task),
-        im.Goals(256, T, **task),
-        im.Goals(128 if quick else 256, T, **task),
-    )
-    evaluation = im.Goals(500 if quick else 1000, T, **task)
-    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
-    probe, label = im.rollout(probe_env, None, T, rng, expert=probe_env.expert, beta=1.0, seed=seed + 1).pairs()
-    probe = probe[np.linalg.norm(label, axis=1) > 0.1]  # held-out expert states still on their way
-
-    def returns(act):
-        R = -im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost  # common random numbers
-        return {"return": float(R.mean()), "return_ci": im.bootstrap_ci(R, rng)[0].tolist()}
-
-    def head():  # sigma in [0.1, 1]: BC drives it to 0.1, the task's tolerance, which leaves PPO room to explore
-        return im.GaussianHead(2, log_std_min=math.log(0.1), log_std_max=0.0)
-
-    pi_bc = im.Policy(head(), 4, np.random.default_rng(seed))
-    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=500 if quick else 1000, lr=3e-3))
-    record, a_bc = {"expert": returns(evaluation.expert), "bc": returns(pi_bc.act)}, pi_bc.act(probe)
-
-    def agreement(policy):  # the share of probe states where the policy acts within 0.1 of pi_BC
-        return {"agreement": float(np.mean(np.linalg.norm(policy.act(probe) - a_bc, axis=1) <= 0.1))}
-
-    shaped = [("finetune_shaped", lam) for lam in (0.1, 1.0)]
-    for name, lam in [("finetune", None), ("scratch", None), *shaped]:
-        policy = im.Policy(head(), 4, np.random.default_rng(seed + 1)) if name == "scratch" else pi_bc.copy()
-        reward = None if lam is None else im.shaped_reward(pi_bc, lam)
-        log = im.ppo(policy, env, rng, cfg, reward=reward, evaluate=None if name == "scratch" else agreement)
-        row = returns(policy.act) | {"env_steps": log[-1]["env_steps"]}
-        if name != "scratch":
-            row["agreement"] = [1.0] + [entry["agreement"] for entry in log]  # before and after each update
-        if lam is None:
-            record[name] = row
-        else:
-            record.setdefault(name, []).append(row | {"lambda": lam})
-        say(f"  {name:<16}{'' if lam is None else f' lambda {lam}':<12} return {row['return']:7.2f}")
-    return record
-
-
-def adversarial(seed, quick):
-    """GAIL on the road (reading noise 0.02, T = 50) from ONE demonstration, which never leaves the road.
-    Success: a total cost (disagreement with the expert) of at most 4. Then the learned reward alone trains
-    a fresh policy, with no demonstrations. GAIL's entropy term matters: without it the learner is more
-    deterministic than the demonstrator, the discriminator rates the demonstrator's rare misreadings above
-    its common moves, and a fresh policy on that reward seeks them out."""
-    rng, T, threshold = np.random.default_rng(seed), 50, 4
-    road = dict(eps=0.02, lanes=3)
-    cfg = im.PPOConfig(iterations=10 if quick else 20, horizon=T, lr=3e-3, entropy=0.2)
-    demo_env, env = im.Road(1, T, seed=seed, **road), im.Road(64 if quick else 128, T, seed=seed, **road)
-    evaluation = im.Road(1000 if quick else 4000, T, seed=seed, **road)
-    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
-
-    def success(act):
-        return float(np.mean(im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost <= threshold))
-
-    def policy(k):
-        return im.Policy(im.CategoricalHead(ROAD_MOVES), env.obs_dim, np.random.default_rng(seed + k))
-
-    expert = im.rollout(evaluation, None, T, rng, expert=evaluation.expert, beta=1.0, seed=seed + 2)
-    record = {"demos": int(demos.mask.sum()), "expert": {"success": float(np.mean(expert.total_cost <= threshold))}}
-    pi_bc, learner, fresh = policy(0), policy(1), policy(2)
-    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=300, lr=3e-3))
-    record["bc"] = {"success": success(pi_bc.act), "env_steps": 0}
-    initial = learner.copy()
-    D, log = im.gail(learner, env, *demos.pairs(), rng, cfg)
-    record["gail"] = {"success": success(learner.act), "env_steps": log[-1]["env_steps"]}
-
-    def learned_reward(traj):
-        return im.gail_reward(D, traj.observations[:, :-1], traj.actions)  # frozen: IRL's output
-
-    log = im.ppo(fresh, env, rng, cfg, reward=learned_reward)  # no demonstrations
-    record["irl_fresh"] = {"success": success(fresh.act), "env_steps": log[-1]["env_steps"]}
-    trajs = expert, im.rollout(evaluation, lambda o: initial.sample(o, rng), T, rng, seed=seed + 3)
-    learned = [(learned_reward(t) * t.mask).sum(1) for t in trajs]
-    record["learned_return"] = {"expert": float(learned[0].mean()), "initial_learner": float(learned[1].mean())}
-    record["ranking"] = float(np.mean(learned[0][:, None] > learned[1][None, :]))  # P(expert's > the learner's)
-    say("  " + "  ".join(f"{k} {record[k]['success']:.3f}" for k in ("bc", "gail", "irl_fresh")))
-    return record
-
-
-def report_rl(r):
-    b, g = r["rl"], r["gail"]
-    rows = [("expert", b["expert"]), ("bc", b["bc"]), ("finetune", b["finetune"]), ("scratch", b["scratch"])]
-    rows += [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]
-    say(f"\n  {'policy':<20}{'return':>8}{'95% CI':>20}{'env steps':>11}   (slow expert, task cost)")
-    for k, v in rows:
-        say(
-            f"  {k:<20}{v['return']:>8.2f}   [{v['return_ci'][0]:>7.2f}, {v['return_ci'][1]:>7.2f}]"
-            f"{v.get('env_steps', 0):>11}"
-        )
-    n = len(b["finetune"]["agreement"])
-    marks = sorted({i for i in (0, 2, 5, 10, 20) if i < n} | {n - 1})
-    say(f"  agreement with pi_BC on held-out expert states after update {', '.join(map(str, marks))}:")
-    for k, v in [("finetune", b["finetune"])] + [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]:
-        say(f"    {k:<18}" + " ".join(f"{v['agreement'][i]:5.2f}" for i in marks))
-    say(f"\n  GAIL on the road from {g['demos']} demonstrated steps; success = total cost <= 4 of T = 50:")
-    for k in ("expert", "bc", "gail", "irl_fresh"):
-        say(f"    {k:<10}{g[k]['success']:>7.3f}   env steps {g[k].get('env_steps', 0)}")
-    lr = g["learned_return"]
-    say(
-        f"  learned return: expert {lr['expert']:.1f}, initial learner {lr['initial_learner']:.1f}; "
-        f"P(expert's > learner's) {g['ranking']:.3f}"
-    )
-    e, bc_, f, (small, large) = b["expert"], b["bc"], b["finetune"], b["finetune_shaped"]
-    closer = np.mean(small["agreement"]) > np.mean(f["agreement"])
-    pinned = abs(large["return"] - e["return"]) <= 0.1 * abs(e["return"]) and large["return_ci"][0] <= e["return_ci"][1]
-    return [
-        target(
-            abs(bc_["return"] - e["return"]) <= 0.1 * abs(e["return"]),
-            f"BC's return {bc_['return']:.2f} within 10% of the expert's {e['return']:.2f}",
-        ),
-        target(
-            f["return_ci"][0] > e["return_ci"][1],
-            f"fine-tuning from BC {f['return']:.2f} beats the expert, intervals apart",
-        ),
-        target(
-            b["scratch"]["return"] < f["return"],
-            f"from scratch {b['scratch']['return']:.2f} below fine-tuning, same env steps",
-        ),
-        target(
-            closer,
-            f"small lambda stays closer to the demonstrations: agreement {np.mean(small['agreement']):.2f} > "
-            f"{np.mean(f['agreement']):.2f}",
-        ),
-        target(pinned, f"large lambda pinned to the expert's return: {large['return']:.2f}"),
-        target(g["bc"]["success"] <= 0.5, f"BC from one demonstration {g['bc']['success']:.3f} <= 0.50"),
-        target(
-            g["gail"]["success"] - g["bc"]["success"] >= 0.2,
-            f"GAIL {g['gail']['success'] - g['bc']['success']:+.3f} above BC (>= +0.20)",
-        ),
-        target(
-            g["irl_fresh"]["success"] >= 0.8 * g["expert"]["success"],
-            f"a fresh policy on the learned reward {g['irl_fresh']['success']:.3f} >= 0.8 x the expert's",
-        ),
-        target(
-            g["ranking"] >= 0.95,
-            f"the learned reward ranks expert episodes above the initial learner's ({g['ranking']:.3f})",
-        ),
-    ]
-
-
-# ---- 8. third-person imitation ----
-
-
-TCN_E, TCN_T, PLAY_T, TCN_K = 16, 30, 20, 8  # embedding width, demonstration horizon, play episode length, neighbours
-
-
-def alignment(first, first_params, third, third_params, observations, frames):
-    """Share of third-person frames whose nearest first-person embedding, among the same episode's first-person
-    observations, lies within one step of the frame's own moment. observations (n, T+1, O), frames (n, T+1, P)."""
-    hits = []
-    for obs, video in zip(observations, frames):
-        z1, z3 = im.embed(first, first_params, obs), im.embed(third, third_params, video)  # (T+1, E) each
-        hits.append(np.abs(im.nearest(z3, z1)[:, 0] - np.arange(len(obs))) <= 1)
-    return float(np.mean(hits))
-
-
-def third_person(seed, quick, figure):
-    """One video of the expert reaching an unseen goal, filmed by a camera the learner does not look through:
-    translate its last frame into the learner's own view through the TCN embedding (nearest first-person play
-    observation), and hand that goal to a goal-conditioned policy trained by hindsight relabeling on the same
-    play. Baselines on the same goals: untrained encoders (no cross-view pairing), and the demonstration given
-    in the learner's own view (its last observation is the goal: the ceiling)."""
-    rng, camera = np.random.default_rng(seed), im.Camera()
-    wander = im.Goals(1024 if quick else 2560, PLAY_T, play=True, start=1.0)  # the learner's play, both views
-    play = im.rollout(wander, None, PLAY_T, rng, expert=wander.expert, beta=1.0, seed=seed)
-    frames = camera.film(play.observations)  # (n, T+1, S S): time-synchronised with play.observations
-    first, third = im.MLP((2, 64, 64, TCN_E)), im.MLP((camera.size**2, 64, 64, TCN_E))
-    cfg = im.TCNConfig(train=im.TrainConfig(steps=800 if quick else 2000))
-    trained = im.tcn(first, third, play.observations, frames, play.mask, rng, cfg)
-    untrained = first.init(np.random.default_rng(seed + 9)), third.init(np.random.default_rng(seed + 10))
-    policy = im.Policy(im.L2Head(2), 4, np.random.default_rng(seed))  # goal-conditioned: [position, goal]
-    im.hindsight_bc(policy, play, rng, im.TrainConfig(steps=600 if quick else 1500))
-
-    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (128 if quick else 500, 2)).astype(np.float32)  # unseen
-    shown = im.Goals(len(goals), TCN_T)  # one demonstration per goal, from its own start
-    demo = im.rollout(shown, None, TCN_T, rng, expert=shown.expert, beta=1.0, seed=seed + 2, options={"goals": goals})
-    video = camera.film(demo.observations[:, -1])  # (G, S S): where each video ends
-    candidates = play.observations[:512].reshape(-1, 2)  # (M, 2): first-person observations from play
-    fresh = im.Goals(64, PLAY_T, play=True, start=1.0)  # held-out play, for the alignment
-    held_out = im.rollout(fresh, None, PLAY_T, rng, expert=fresh.expert, beta=1.0, seed=seed + 4).observations
-    held_out = held_out, camera.film(held_out)
-    out = {}
-    for name, params in (("tcn", trained), ("unaligned", untrained), ("first_person", None)):
-        if params is None:  # the ceiling: the demonstration in the learner's own view ends at the goal
-            goal = demo.observations[:, -1]
-        else:  # third person: translated through the embedding
-            goal = im.video_goal(first, params[0], third, params[1], video, candidates, TCN_K)
-
-        def act(o, g=goal):
-            return policy.act(np.concatenate([o, g], 1))
-
-        success = im.rollout(
-            im.Goals(len(goals), TCN_T), act, TCN_T, rng, seed=seed + 3, options={"goals": goals}
-        ).success
-        out[name] = {"success": float(success.mean()), "success_ci": im.bootstrap_ci(success, rng)[0].tolist()}
-        if params is not None:
-            out[name]["goal_error"] = float(np.linalg.norm(goal - demo.observations[:, -1], axis=1).mean())
-            out[name]["alignment"] = alignment(first, params[0], third, params[1], *held_out)
-    out["alignment"] = out["tcn"].pop("alignment")
-    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items() if isinstance(v, dict)))
-    return out
-
-
-def report_third_person(r):
-    say(f"\n  {'goal from':<14}{'success':>8}{'95% CI':>17}{'goal error':>12}   (unseen goals, one video each)")
-    for k in ("tcn", "unaligned", "first_person"):
-        v = r[k]
-        err = f"{v['goal_error']:>12.3f}" if "goal_error" in v else f"{'':>12}"
-        say(f"  {k:<14}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]{err}")
-    say(f"  alignment {r['alignment']:.3f} (untrained encoders {r['unaligned']['alignment']:.3f})")
-    t, u, a = r["tcn"]["success"], r["unaligned"]["success"], r["alignment"]
-    return [
-        target(t >= 0.8, f"third-person imitation through TCN {t:.3f} >= 0.80 on unseen goals"),
-        target(u <= 0.3, f"the same pipeline without cross-view pairing {u:.3f} <= 0.30"),
-        target(a >= 0.8, f"alignment {a:.3f} >= 0.80: a frame's nearest first-person moment within one step"),
-    ]
-
-
-# ---- 9. continuous control: the pendulum ----
-
-
-LABELS, ROUNDS, EPISODES = 4000, 4, 128  # expert labels for BC and for DAgger; DAgger's rounds; evaluation episodes
-SCALE = np.float32([1, 1, 0.25])  # the network sees (cos th, sin th, th_dot / 4): inputs of unit scale
-BOUNDS = ([-2.0], [2.0])
-
-
-class Scaled(im.Pendulum):
-    """The pendulum as the policies see it (the expert reads the true state either way)."""
-
-    def observe(self):
-        return super().observe() * SCALE
-
-
-def control_heads():
-    """head, hidden widths, gradient steps (BC; DAgger retrains half as many per round, warm-started), step size."""
-    return {
-        "l2": (im.L2Head(1), (64, 64), 1500, 3e-3),
-        # one log sigma for all states: a learned sigma(s) lets the mean stop learning where sigma(s) is large
-        "gaussian": (im.GaussianHead(1, state_std=True), (64, 64), 1500, 3e-3),
-        # and a floor of sigma = e^-2: the expert's torque sits exactly at +-2 in a tenth of the states, and
-        # components narrowed onto those two values would otherwise win the likelihood and the argmax
-        "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
-        "autoregressive": (im.AutoregressiveHead(*BOUNDS, bins=41), (64, 64), 1500, 3e-3),
-        "diffusion": (im.DiffusionHead(*BOUNDS), (64, 64), 1500, 3e-3),
-        # the decoder's log sigma one parameter, as the Gaussian's (a decoder sigma(s) stops its mean learning: BC
-        # -1388); and beta 8: with sigma at its floor the encoder otherwise passes each label's residual through z,
-        # the decoder leans on it, and z = 0 decodes a worse mean (beta 1: BC -519, beta 4: -173, seed 2: -614)
-        "cvae": (im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
-    }
-
-
-def control(seed, quick, figure):
-    """Each head trained by BC on LABELS expert labels (LABELS / 200 demonstrations), and by DAgger on the same
-    number (ROUNDS rounds of LABELS / (200 ROUNDS) episodes; the first round the expert's), then run with its
-    deterministic action (policy.act) from EPISODES common random starts."""
-    rng = np.random.default_rng(seed)
-    rounds, episodes = (2, 32) if quick else (ROUNDS, EPISODES)  # quick: fewer rollouts of 200 steps
-    evaluation = Scaled(episodes, seed=seed + 1)
-
-    def evaluate(act):
-        traj = im.rollout(evaluation, act, 200, rng, seed=seed + 2)  # the same starts for every policy
-        returns = -traj.total_cost
-        ci, _ = im.bootstrap_ci(returns, rng)
-        return {"return": float(returns.mean()), "return_ci": [float(c) for c in ci]}
-
-    expert = evaluate(lambda obs: evaluation.expert())
-    demo_env = Scaled(LABELS // 200, seed=seed)
-    obs, actions = im.rollout(demo_env, None, 200, rng, expert=demo_env.expert, beta=1.0, seed=seed + 3).pairs()
-    record = {"expert": expert, "labels": len(obs), "heads": {}}
-    for name, (head, hidden, steps, lr) in control_heads().items():
-        steps = steps // 8 if quick else steps
-        train = im.TrainConfig(steps=steps, lr=lr)
-        row = {}
-        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
-        start = time.perf_counter()
-        im.bc(policy, obs, actions, rng, train)
-        row["bc_train_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        row["bc"] = evaluate(policy.act)
-        row["eval_seconds"] = time.perf_counter() - start
-        policy = im.Policy(head, 3, np.random.default_rng(seed), hidden=hidden)
-        env = Scaled(LABELS // (200 * rounds), seed=seed + 4)
-        retrain = im.TrainConfig(steps=steps // 2, lr=lr)  # per round, warm-started
-        cfg = im.DaggerConfig(rounds=rounds, horizon=200, train=retrain, val_seed=seed + 5)
-        start = time.perf_counter()
-        result = im.dagger(policy, env, env.expert, rng, cfg)
-        row["dagger_train_seconds"] = time.perf_counter() - start
-        row["dagger"] = evaluate(result.best.act) | {"labels": len(result.obs)}
-        row["network"] = f"{len(hidden)}x{hidden[0]}, {steps} steps, lr {lr:g}"
-        record["heads"][name] = row
-        say(
-            f"  {name:<15} BC {row['bc']['return']:8.1f}  DAgger {row['dagger']['return']:8.1f}  "
-            f"trained in {row['bc_train_seconds']:.1f} + {row['dagger_train_seconds']:.1f} s"
-        )
-    return record
-
-
-def report_control(r):
-    e = r["expert"]["return"]
-    say(
-        f"\n  expert {e:.1f} [{r['expert']['return_ci'][0]:.1f}, {r['expert']['return_ci'][1]:.1f}]; "
-        f"{r['labels']} labels each"
-    )
-    say(f"  {'head':<15}{'BC':>8}{'95% CI':>18}{'DAgger':>9}{'95% CI':>18}{'train s':>12}{'eval s':>8}  network")
-    for k, m in r["heads"].items():
-        b, d = m["bc"], m["dagger"]
-        ci = [f"[{x['return_ci'][0]:.0f}, {x['return_ci'][1]:.0f}]" for x in (b, d)]
-        seconds = f"{m['bc_train_seconds']:.1f}+{m['dagger_train_seconds']:.1f}"
-        say(
-            f"  {k:<15}{b['return']:>8.1f}{ci[0]:>18}{d['return']:>9.1f}{ci[1]:>18}"
-            f"{seconds:>12}{m['eval_seconds']:>8.2f}  {m['network']}"
-        )
-    lines, l2 = [], r["heads"]["l2"]["bc"]["return"]
-    for k, m in r["heads"].items():
-        d = m["dagger"]["return"]
-        lines.append(target(d >= e - 0.15 * abs(e), f"{k} DAgger {d:.1f} within 15% of the expert's {e:.1f}"))
-    for k, m in r["heads"].items():
-        if k != "l2":
-            b = m["bc"]["return"]
-            lines.append(
-                target(b >= l2 - 0.15 * abs(e), f"{k} BC {b:.1f} no more than 15% of |expert| below L2's {l2:.1f}")
-            )
-    return lines
-
-
-# ---- 10. action chunks ----
+# ---- 6. action chunks ----
 
 
 TREE = dict(dt=0.025, grid=0.3, horizon=120)  # a quarter of the tree's usual step: about 80 an episode
@@ -1418,6 +1007,418 @@ def report_chunks(r):
     )
     lines += report_chunks_control(r["control"])
     return lines
+
+
+# ---- 7. hindsight relabeling ----
+
+
+def hindsight(seed, quick, figure):
+    """Goal-conditioned BC on relabeled play against BC without goals and BC on demos to one fixed goal.
+    Relabeled with future states, the expert's wandering play teaches reaching goals it never aimed at, from
+    the central square where play started and from anywhere in the arena; the final state alone is weaker."""
+    rng = np.random.default_rng(seed)
+    wander = im.Goals(2560, horizon=20, play=True, start=0.5)  # play starts in the central square
+    play = im.rollout(wander, None, 20, rng, expert=wander.expert, beta=1.0, seed=seed)
+    one_goal = np.tile(np.float32([[0.5, 0.5]]), (2560, 1))
+    fixed = im.Goals(2560, horizon=20, start=0.5)
+    demos = im.rollout(fixed, None, 20, rng, expert=fixed.expert, beta=1.0, seed=seed, options={"goals": one_goal})
+    train = im.TrainConfig(steps=800 if quick else 3000)
+    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (1000, 2)).astype(np.float32)  # held-out goals
+    record = {}
+    for name in ("gcbc_future", "gcbc_final", "bc_no_goal", "bc_one_goal"):
+        policy = im.Policy(
+            im.L2Head(2), 2 if name == "bc_no_goal" else 4, np.random.default_rng(seed), hidden=(128, 128)
+        )
+        if name.startswith("gcbc"):
+            im.hindsight_bc(policy, play, rng, train, strategy=name[5:])
+        elif name == "bc_no_goal":
+            im.bc(policy, *play.pairs(), rng, train)
+        else:
+            obs, act = demos.pairs()
+            im.bc(policy, np.concatenate([obs, np.tile(one_goal[:1], (len(obs), 1))], 1), act, rng, train)
+
+        def act(obs, policy=policy, name=name):
+            return policy.act(obs if name == "bc_no_goal" else np.concatenate([obs, goals], 1))
+
+        record[name] = {
+            key: float(
+                im.rollout(
+                    im.Goals(1000, 30, start=s), act, 30, rng, seed=seed + 5, options={"goals": goals}
+                ).success.mean()
+            )
+            for key, s in (("success", 0.5), ("perturbed_success", 1.0))  # perturbed: starts anywhere in the arena
+        }
+        say(f"  {name:<12} success {record[name]['success']:.3f}")
+    return record
+
+
+def report_hindsight(r):
+    say(f"\n  {'policy':<13}{'held-out goals':>15}{'perturbed starts':>18}")
+    for k, m in r.items():
+        say(f"  {k:<13}{m['success']:>15.3f}{m['perturbed_success']:>18.3f}")
+    f, b = r["gcbc_future"]["success"], r["bc_no_goal"]["success"]
+    return [
+        target(f >= 0.9, f"future relabeling {f:.3f} >= 0.90 on held-out goals"),
+        target(f - b >= 0.3, f"future relabeling {f - b:+.3f} above BC without goals (>= +0.30)"),
+    ]
+
+
+# ---- 8. without the expert's actions ----
+
+
+def without_actions(seed, quick, figure):
+    return {"observation": observation(seed, quick), "one_shot": one_shot(seed, quick)}
+
+
+def observation(seed, quick):
+    """BCO against BC with the true actions on the same 16 state-only demonstrations of the goal task, over 3
+    training seeds (2 quick), with the same initial weights: the labels and the minibatch draws differ. The
+    learner explores one uniform random step from each of 2560 starts away from the walls, where every
+    transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal).
+    At the walls pushing and standing still look the same, and the inferred labels go wrong there."""
+    T, record = 30, {"bco": [], "bc_actions": []}
+    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=800 if quick else 2000, lr=1e-2))
+    cfg = replace(cfg, train=im.TrainConfig(steps=400 if quick else 1000, lr=3e-3))
+    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
+    evaluation = im.Goals(len(goals), T, observe_goal=True)
+    for s in range(seed, seed + (2 if quick else 3)):
+        rng = np.random.default_rng(s)
+        demo_env, explore_env = (
+            im.Goals(16, T, observe_goal=True, seed=s),
+            im.Goals(1280 if quick else 2560, 1, start=0.9, observe_goal=True),
+        )
+        demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=s)
+        for name in record:
+            policy = im.Policy(im.L2Head(2), 4, np.random.default_rng(s))
+            if name == "bco":
+                inverse = im.Policy(im.L2Head(2), 4, np.random.default_rng(s + 1))
+
+                def explore(obs, rng=rng):  # BCO: uniform random actions
+                    return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
+
+                steps = im.bco(
+                    policy,
+                    inverse,
+                    explore_env,
+                    demos.states_only(),
+                    explore,
+                    np.random.default_rng(s + 2),
+                    cfg,
+                    state=slice(0, 2),
+                )
+            else:
+                im.bc(policy, *demos.pairs(), np.random.default_rng(s + 2), cfg.train)
+            record[name].append(
+                im.rollout(evaluation, policy.act, T, rng, seed=s + 3, options={"goals": goals}).success
+            )
+    out, rng = {}, np.random.default_rng(seed)
+    for name, success in record.items():
+        pooled = np.concatenate(success)
+        out[name] = {
+            "success": float(pooled.mean()),
+            "success_ci": im.bootstrap_ci(pooled, rng)[0].tolist(),
+            "per_seed": [float(x.mean()) for x in success],
+        }
+    out["bco"]["exploration_steps"] = steps
+    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
+    return out
+
+
+def one_shot(seed, quick):
+    """One-shot imitation over 64 tasks of the goal world (a task is a goal no observation names), 4
+    demonstrations each; tested on unseen goals, one demonstration each from one start, the policy from
+    another. Bounds: BC without the task, and goal-conditioned BC told the true goal, on the same demos.
+    The encoder reads phi(s_t, t / T) mean-pooled over the demonstration; the gradient runs from the policy's
+    loss through z and the pooling into it. The time stamp matters: an order-blind mean of phi(s_t) sees a
+    bag of states and finds the goal only because demonstrations linger there."""
+    rng, T, tasks, per, E = np.random.default_rng(seed), 30, 64, 4, 16
+    cfg = im.OneShotConfig(horizon=T, train=im.TrainConfig(steps=600 if quick else 1500, lr=3e-3))
+    goals = np.repeat(rng.uniform(-1, 1, (tasks, 2)).astype(np.float32), per, 0)
+    env = im.Goals(tasks * per, T, seed=seed)
+    demos = im.rollout(env, None, T, rng, expert=env.expert, beta=1.0, seed=seed, options={"goals": goals})
+    test = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
+    shown_env, test_env = im.Goals(len(test), T), im.Goals(len(test), T)
+    shown = im.rollout(
+        shown_env, None, T, rng, expert=shown_env.expert, beta=1.0, seed=seed + 2, options={"goals": test}
+    )
+    actors, (obs, actions) = {}, demos.pairs()
+    for name, time_stamp in (("one_shot", True), ("one_shot_order_blind", False)):
+        encoder = im.MLP((2 + time_stamp, 64, 64, E))
+        policy = im.Policy(im.L2Head(2), 2 + E, np.random.default_rng(seed))
+        c = replace(cfg, time_stamp=time_stamp)
+        actors[name] = im.one_shot_actor(policy, encoder, im.one_shot(policy, encoder, demos, per, rng, c), shown, c)
+    for name in ("no_task", "true_goal"):
+        policy = im.Policy(im.L2Head(2), 2 if name == "no_task" else 4, np.random.default_rng(seed))
+        told = obs if name == "no_task" else np.concatenate([obs, np.repeat(goals, T, 0)[demos.mask.ravel()]], 1)
+        im.bc(policy, told, actions, rng, im.TrainConfig(steps=300 if quick else 1000))
+        actors[name] = policy.act if name == "no_task" else (lambda o, p=policy: p.act(np.concatenate([o, test], 1)))
+    out = {}
+    for name, act in actors.items():
+        success = im.rollout(test_env, act, T, rng, seed=seed + 3, options={"goals": test}).success
+        out[name] = {"success": float(success.mean()), "success_ci": im.bootstrap_ci(success, rng)[0].tolist()}
+    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items()))
+    return out
+
+
+def report_without_actions(r):
+    o, s = r["observation"], r["one_shot"]
+    say(f"\n  {'policy':<22}{'success':>8}{'95% CI':>17}   (goal task, unseen goals)")
+    for k, v in (("bc_actions", o["bc_actions"]), ("bco", o["bco"]), *s.items()):
+        say(f"  {k:<22}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]")
+    per_seed = {k: ", ".join(f"{x:.3f}" for x in o[k]["per_seed"]) for k in ("bco", "bc_actions")}
+    say(
+        f"  BCO explored {o['bco']['exploration_steps']} steps per seed; "
+        f"per seed: BCO {per_seed['bco']}, BC {per_seed['bc_actions']}"
+    )
+    gap = o["bco"]["success"] - o["bc_actions"]["success"]
+    return [
+        target(
+            abs(gap) <= 0.05, f"BCO {o['bco']['success']:.3f} within 5 points of BC with the true actions ({gap:+.3f})"
+        ),
+        target(s["one_shot"]["success"] >= 0.8, f"one-shot {s['one_shot']['success']:.3f} >= 0.80 on unseen tasks"),
+        target(
+            s["one_shot"]["success"] - s["no_task"]["success"] >= 0.5,
+            f"one-shot {s['one_shot']['success'] - s['no_task']['success']:+.3f} above BC without the task (>= +0.50)",
+        ),
+    ]
+
+
+# ---- 9. third-person imitation ----
+
+
+TCN_E, TCN_T, PLAY_T, TCN_K = 16, 30, 20, 8  # embedding width, demonstration horizon, play episode length, neighbours
+
+
+def alignment(first, first_params, third, third_params, observations, frames):
+    """Share of third-person frames whose nearest first-person embedding, among the same episode's first-person
+    observations, lies within one step of the frame's own moment. observations (n, T+1, O), frames (n, T+1, P)."""
+    hits = []
+    for obs, video in zip(observations, frames):
+        z1, z3 = im.embed(first, first_params, obs), im.embed(third, third_params, video)  # (T+1, E) each
+        hits.append(np.abs(im.nearest(z3, z1)[:, 0] - np.arange(len(obs))) <= 1)
+    return float(np.mean(hits))
+
+
+def third_person(seed, quick, figure):
+    """One video of the expert reaching an unseen goal, filmed by a camera the learner does not look through:
+    translate its last frame into the learner's own view through the TCN embedding (nearest first-person play
+    observation), and hand that goal to a goal-conditioned policy trained by hindsight relabeling on the same
+    play. Baselines on the same goals: untrained encoders (no cross-view pairing), and the demonstration given
+    in the learner's own view (its last observation is the goal: the ceiling)."""
+    rng, camera = np.random.default_rng(seed), im.Camera()
+    wander = im.Goals(1024 if quick else 2560, PLAY_T, play=True, start=1.0)  # the learner's play, both views
+    play = im.rollout(wander, None, PLAY_T, rng, expert=wander.expert, beta=1.0, seed=seed)
+    frames = camera.film(play.observations)  # (n, T+1, S S): time-synchronised with play.observations
+    first, third = im.MLP((2, 64, 64, TCN_E)), im.MLP((camera.size**2, 64, 64, TCN_E))
+    cfg = im.TCNConfig(train=im.TrainConfig(steps=800 if quick else 2000))
+    trained = im.tcn(first, third, play.observations, frames, play.mask, rng, cfg)
+    untrained = first.init(np.random.default_rng(seed + 9)), third.init(np.random.default_rng(seed + 10))
+    policy = im.Policy(im.L2Head(2), 4, np.random.default_rng(seed))  # goal-conditioned: [position, goal]
+    im.hindsight_bc(policy, play, rng, im.TrainConfig(steps=600 if quick else 1500))
+
+    goals = np.random.default_rng(seed + 1).uniform(-1, 1, (128 if quick else 500, 2)).astype(np.float32)  # unseen
+    shown = im.Goals(len(goals), TCN_T)  # one demonstration per goal, from its own start
+    demo = im.rollout(shown, None, TCN_T, rng, expert=shown.expert, beta=1.0, seed=seed + 2, options={"goals": goals})
+    video = camera.film(demo.observations[:, -1])  # (G, S S): where each video ends
+    candidates = play.observations[:512].reshape(-1, 2)  # (M, 2): first-person observations from play
+    fresh = im.Goals(64, PLAY_T, play=True, start=1.0)  # held-out play, for the alignment
+    held_out = im.rollout(fresh, None, PLAY_T, rng, expert=fresh.expert, beta=1.0, seed=seed + 4).observations
+    held_out = held_out, camera.film(held_out)
+    out = {}
+    for name, params in (("tcn", trained), ("unaligned", untrained), ("first_person", None)):
+        if params is None:  # the ceiling: the demonstration in the learner's own view ends at the goal
+            goal = demo.observations[:, -1]
+        else:  # third person: translated through the embedding
+            goal = im.video_goal(first, params[0], third, params[1], video, candidates, TCN_K)
+
+        def act(o, g=goal):
+            return policy.act(np.concatenate([o, g], 1))
+
+        success = im.rollout(
+            im.Goals(len(goals), TCN_T), act, TCN_T, rng, seed=seed + 3, options={"goals": goals}
+        ).success
+        out[name] = {"success": float(success.mean()), "success_ci": im.bootstrap_ci(success, rng)[0].tolist()}
+        if params is not None:
+            out[name]["goal_error"] = float(np.linalg.norm(goal - demo.observations[:, -1], axis=1).mean())
+            out[name]["alignment"] = alignment(first, params[0], third, params[1], *held_out)
+    out["alignment"] = out["tcn"].pop("alignment")
+    say("  " + "  ".join(f"{k} {v['success']:.3f}" for k, v in out.items() if isinstance(v, dict)))
+    return out
+
+
+def report_third_person(r):
+    say(f"\n  {'goal from':<14}{'success':>8}{'95% CI':>17}{'goal error':>12}   (unseen goals, one video each)")
+    for k in ("tcn", "unaligned", "first_person"):
+        v = r[k]
+        err = f"{v['goal_error']:>12.3f}" if "goal_error" in v else f"{'':>12}"
+        say(f"  {k:<14}{v['success']:>8.3f}  [{v['success_ci'][0]:.3f}, {v['success_ci'][1]:.3f}]{err}")
+    say(f"  alignment {r['alignment']:.3f} (untrained encoders {r['unaligned']['alignment']:.3f})")
+    t, u, a = r["tcn"]["success"], r["unaligned"]["success"], r["alignment"]
+    return [
+        target(t >= 0.8, f"third-person imitation through TCN {t:.3f} >= 0.80 on unseen goals"),
+        target(u <= 0.3, f"the same pipeline without cross-view pairing {u:.3f} <= 0.30"),
+        target(a >= 0.8, f"alignment {a:.3f} >= 0.80: a frame's nearest first-person moment within one step"),
+    ]
+
+
+# ---- 10. imitation and RL ----
+
+
+def rl(seed, quick, figure):
+    return {"rl": beyond(seed, quick), "gail": adversarial(seed, quick)}
+
+
+def beyond(seed, quick):
+    """A deliberately slow expert (speed 0.5 of the 1 the arena allows) on the goal task with the task's own
+    cost, 1 per step away from the goal: the reward can tell a faster policy. BC matches the expert; PPO
+    fine-tuning from BC beats it; PPO from scratch, on the same env steps, does not; and the shaped reward
+    r + lambda log pi_BC(a | s) trades the two off. The Gaussian head's sigma lies in [0.1, 1] (BC drives it
+    to 0.1, which leaves PPO room to explore). pi_BC's log-density falls by about 100 u^2 for a diagonal
+    speed-up u, against 1 per step of task cost, so the best speed solves 100 lambda (u^2 + u) = 1: 0.59 at
+    lambda 0.1, 0.51 at lambda 1 (the expert's 0.5)."""
+    rng, T = np.random.default_rng(seed), 30
+    cfg = im.PPOConfig(iterations=12 if quick else 40, horizon=T, lr=3e-4)
+    task = dict(observe_goal=True, cost="task", speed=0.5)
+    demo_env, probe_env, env = (
+        im.Goals(256, T, **task),
+        im.Goals(256, T, **task),
+        im.Goals(128 if quick else 256, T, **task),
+    )
+    evaluation = im.Goals(500 if quick else 1000, T, **task)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+    probe, label = im.rollout(probe_env, None, T, rng, expert=probe_env.expert, beta=1.0, seed=seed + 1).pairs()
+    probe = probe[np.linalg.norm(label, axis=1) > 0.1]  # held-out expert states still on their way
+
+    def returns(act):
+        R = -im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost  # common random numbers
+        return {"return": float(R.mean()), "return_ci": im.bootstrap_ci(R, rng)[0].tolist()}
+
+    def head():  # sigma in [0.1, 1]: BC drives it to 0.1, the task's tolerance, which leaves PPO room to explore
+        return im.GaussianHead(2, log_std_min=math.log(0.1), log_std_max=0.0)
+
+    pi_bc = im.Policy(head(), 4, np.random.default_rng(seed))
+    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=500 if quick else 1000, lr=3e-3))
+    record, a_bc = {"expert": returns(evaluation.expert), "bc": returns(pi_bc.act)}, pi_bc.act(probe)
+
+    def agreement(policy):  # the share of probe states where the policy acts within 0.1 of pi_BC
+        return {"agreement": float(np.mean(np.linalg.norm(policy.act(probe) - a_bc, axis=1) <= 0.1))}
+
+    shaped = [("finetune_shaped", lam) for lam in (0.1, 1.0)]
+    for name, lam in [("finetune", None), ("scratch", None), *shaped]:
+        policy = im.Policy(head(), 4, np.random.default_rng(seed + 1)) if name == "scratch" else pi_bc.copy()
+        reward = None if lam is None else im.shaped_reward(pi_bc, lam)
+        log = im.ppo(policy, env, rng, cfg, reward=reward, evaluate=None if name == "scratch" else agreement)
+        row = returns(policy.act) | {"env_steps": log[-1]["env_steps"]}
+        if name != "scratch":
+            row["agreement"] = [1.0] + [entry["agreement"] for entry in log]  # before and after each update
+        if lam is None:
+            record[name] = row
+        else:
+            record.setdefault(name, []).append(row | {"lambda": lam})
+        say(f"  {name:<16}{'' if lam is None else f' lambda {lam}':<12} return {row['return']:7.2f}")
+    return record
+
+
+def adversarial(seed, quick):
+    """GAIL on the road (reading noise 0.02, T = 50) from ONE demonstration, which never leaves the road.
+    Success: a total cost (disagreement with the expert) of at most 4. Then the learned reward alone trains
+    a fresh policy, with no demonstrations. GAIL's entropy term matters: without it the learner is more
+    deterministic than the demonstrator, the discriminator rates the demonstrator's rare misreadings above
+    its common moves, and a fresh policy on that reward seeks them out."""
+    rng, T, threshold = np.random.default_rng(seed), 50, 4
+    road = dict(eps=0.02, lanes=3)
+    cfg = im.PPOConfig(iterations=10 if quick else 20, horizon=T, lr=3e-3, entropy=0.2)
+    demo_env, env = im.Road(1, T, seed=seed, **road), im.Road(64 if quick else 128, T, seed=seed, **road)
+    evaluation = im.Road(1000 if quick else 4000, T, seed=seed, **road)
+    demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
+
+    def success(act):
+        return float(np.mean(im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost <= threshold))
+
+    def policy(k):
+        return im.Policy(im.CategoricalHead(ROAD_MOVES), env.obs_dim, np.random.default_rng(seed + k))
+
+    expert = im.rollout(evaluation, None, T, rng, expert=evaluation.expert, beta=1.0, seed=seed + 2)
+    record = {"demos": int(demos.mask.sum()), "expert": {"success": float(np.mean(expert.total_cost <= threshold))}}
+    pi_bc, learner, fresh = policy(0), policy(1), policy(2)
+    im.bc(pi_bc, *demos.pairs(), rng, im.TrainConfig(steps=300, lr=3e-3))
+    record["bc"] = {"success": success(pi_bc.act), "env_steps": 0}
+    initial = learner.copy()
+    D, log = im.gail(learner, env, *demos.pairs(), rng, cfg)
+    record["gail"] = {"success": success(learner.act), "env_steps": log[-1]["env_steps"]}
+
+    def learned_reward(traj):
+        return im.gail_reward(D, traj.observations[:, :-1], traj.actions)  # frozen: IRL's output
+
+    log = im.ppo(fresh, env, rng, cfg, reward=learned_reward)  # no demonstrations
+    record["irl_fresh"] = {"success": success(fresh.act), "env_steps": log[-1]["env_steps"]}
+    trajs = expert, im.rollout(evaluation, lambda o: initial.sample(o, rng), T, rng, seed=seed + 3)
+    learned = [(learned_reward(t) * t.mask).sum(1) for t in trajs]
+    record["learned_return"] = {"expert": float(learned[0].mean()), "initial_learner": float(learned[1].mean())}
+    record["ranking"] = float(np.mean(learned[0][:, None] > learned[1][None, :]))  # P(expert's > the learner's)
+    say("  " + "  ".join(f"{k} {record[k]['success']:.3f}" for k in ("bc", "gail", "irl_fresh")))
+    return record
+
+
+def report_rl(r):
+    b, g = r["rl"], r["gail"]
+    rows = [("expert", b["expert"]), ("bc", b["bc"]), ("finetune", b["finetune"]), ("scratch", b["scratch"])]
+    rows += [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]
+    say(f"\n  {'policy':<20}{'return':>8}{'95% CI':>20}{'env steps':>11}   (slow expert, task cost)")
+    for k, v in rows:
+        say(
+            f"  {k:<20}{v['return']:>8.2f}   [{v['return_ci'][0]:>7.2f}, {v['return_ci'][1]:>7.2f}]"
+            f"{v.get('env_steps', 0):>11}"
+        )
+    n = len(b["finetune"]["agreement"])
+    marks = sorted({i for i in (0, 2, 5, 10, 20) if i < n} | {n - 1})
+    say(f"  agreement with pi_BC on held-out expert states after update {', '.join(map(str, marks))}:")
+    for k, v in [("finetune", b["finetune"])] + [(f"shaped, lambda {x['lambda']}", x) for x in b["finetune_shaped"]]:
+        say(f"    {k:<18}" + " ".join(f"{v['agreement'][i]:5.2f}" for i in marks))
+    say(f"\n  GAIL on the road from {g['demos']} demonstrated steps; success = total cost <= 4 of T = 50:")
+    for k in ("expert", "bc", "gail", "irl_fresh"):
+        say(f"    {k:<10}{g[k]['success']:>7.3f}   env steps {g[k].get('env_steps', 0)}")
+    lr = g["learned_return"]
+    say(
+        f"  learned return: expert {lr['expert']:.1f}, initial learner {lr['initial_learner']:.1f}; "
+        f"P(expert's > learner's) {g['ranking']:.3f}"
+    )
+    e, bc_, f, (small, large) = b["expert"], b["bc"], b["finetune"], b["finetune_shaped"]
+    closer = np.mean(small["agreement"]) > np.mean(f["agreement"])
+    pinned = abs(large["return"] - e["return"]) <= 0.1 * abs(e["return"]) and large["return_ci"][0] <= e["return_ci"][1]
+    return [
+        target(
+            abs(bc_["return"] - e["return"]) <= 0.1 * abs(e["return"]),
+            f"BC's return {bc_['return']:.2f} within 10% of the expert's {e['return']:.2f}",
+        ),
+        target(
+            f["return_ci"][0] > e["return_ci"][1],
+            f"fine-tuning from BC {f['return']:.2f} beats the expert, intervals apart",
+        ),
+        target(
+            b["scratch"]["return"] < f["return"],
+            f"from scratch {b['scratch']['return']:.2f} below fine-tuning, same env steps",
+        ),
+        target(
+            closer,
+            f"small lambda stays closer to the demonstrations: agreement {np.mean(small['agreement']):.2f} > "
+            f"{np.mean(f['agreement']):.2f}",
+        ),
+        target(pinned, f"large lambda pinned to the expert's return: {large['return']:.2f}"),
+        target(g["bc"]["success"] <= 0.5, f"BC from one demonstration {g['bc']['success']:.3f} <= 0.50"),
+        target(
+            g["gail"]["success"] - g["bc"]["success"] >= 0.2,
+            f"GAIL {g['gail']['success'] - g['bc']['success']:+.3f} above BC (>= +0.20)",
+        ),
+        target(
+            g["irl_fresh"]["success"] >= 0.8 * g["expert"]["success"],
+            f"a fresh policy on the learned reward {g['irl_fresh']['success']:.3f} >= 0.8 x the expert's",
+        ),
+        target(
+            g["ranking"] >= 0.95,
+            f"the learned reward ranks expert episodes above the initial learner's ({g['ranking']:.3f})",
+        ),
+    ]
 
 
 # ---- 11. speed ----

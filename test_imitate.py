@@ -2393,3 +2393,9 @@ def test_the_odd_inputs_users_met_get_clear_errors_or_work():
 
 def zero2(o):
     return np.zeros((len(o), 2), np.float32)
+
+
+def test_the_readme_stays_a_landing_page():
+    text = README.read_text()
+    assert len(text) <= 20_000  # the long discussion of each result lives in bench.py's section docstrings
+    assert "python bench.py --markdown bench.json" in text
