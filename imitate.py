@@ -2166,54 +2166,60 @@ class Result:
     iterates: list  # every round's policy: DAgger's theory is about this sequence
 
 
-def actor(policy, rng, stochastic=False):
-    """The callable a rollout runs: the policy's sample (stochastic) or its deterministic action."""
-    return (lambda obs: policy.sample(obs, rng)) if stochastic else policy.act
+class Rounds:
+    """What the DAgger family shares from round to round: the aggregated data (it only grows), the expert
+    (counting every state it is asked about: rows whose episode has ended and validation rollouts too), the
+    retraining, and validation on the same episodes every round (cfg.val_seed). Every pair in the data is an
+    expert label, so the log's `labels` is the number of labels used. DAgger's guarantee is for the best
+    iterate on validation, not the last; of tied iterates the later one, trained on more data, counts as best."""
 
+    def __init__(self, policy, env, expert, cfg, rng, obs=None, actions=None):
+        self.policy, self.env, self.rng = policy, env, _generator(rng)
+        self.cfg, self.ask, self.calls = _config("cfg", cfg, DaggerConfig), _callable("expert", expert), 0
+        self.obs = [] if obs is None else [obs]
+        self.actions = [] if actions is None else [actions]
+        self.log, self.iterates = [], []
 
-def disagreement(traj, tol):
-    """The learner's 0-1 error on the states it visited: mean over real steps of 1[||a - label|| > tol]."""
-    wrong = np.linalg.norm(traj.actions - traj.labels, axis=2) > tol
-    return float(wrong[traj.mask].mean())
+    def expert(self, obs):
+        self.calls += len(obs)
+        return self.ask(obs)
 
+    def learner(self):
+        """The callable a rollout runs: the policy's sample (cfg.stochastic) or its deterministic action."""
+        return (lambda obs: self.policy.sample(obs, self.rng)) if self.cfg.stochastic else self.policy.act
 
-def interactive(policy, env, expert, cfg, rng, collect, obs=None, actions=None, train=bc):
-    """The loop DAgger, HG-DAgger, DART and active DAgger share: collect, aggregate, retrain, validate, keep the
-    best. collect(i, learner, expert) -> (Trajectories, where, notes) gives round i's data, the expert's labels at
-    the real steps where `where` holds (all of them for None), and what to log about the round. Every pair in the
-    data is an expert label, so the log's `labels` is the number of labels used; `expert_calls` counts every state
-    the expert was asked about (rows whose episode had ended and the validation rollouts too). Validation uses
-    the same episodes every round (cfg.val_seed); of tied iterates the later one, trained on more data, is best.
-    train(policy, obs, actions, rng, cfg.train) retrains: bc, or bootstrap_bc for an ensemble."""
-    rng, cfg, calls = _generator(rng), _config("cfg", cfg, DaggerConfig), [0]
-    expert, policy = _callable("expert", expert), _config("policy", policy, (Policy, Ensemble))
+    def add(self, obs, actions):
+        """Aggregate a round's expert labels."""
+        self.obs.append(obs)
+        self.actions.append(actions)
 
-    def asked(obs):  # the expert, counting the states it is asked about
-        calls[0] += len(obs)
-        return expert(obs)
-
-    obs_data = [] if obs is None else [np.asarray(obs, np.float32)]
-    act_data = [] if actions is None else [np.asarray(actions, np.float32)]
-    best, best_cost, log, iterates = None, np.inf, [], []
-    for i in range(cfg.rounds):
-        traj, where, notes = collect(i, actor(policy, rng, cfg.stochastic), asked)
-        o, a = traj.pairs(where=where)  # the expert labels the states the rollout visited
-        obs_data.append(o)
-        act_data.append(a)
-        O, A = np.concatenate(obs_data), np.concatenate(act_data)  # aggregate: the dataset only grows
-        if len(O) == 0:
+    def train(self, train=bc):
+        """Retrain on everything so far: train(policy, obs, actions, rng, cfg.train), bc or bootstrap_bc;
+        from the current parameters (cfg.warm_start) or a fresh init."""
+        obs, actions = np.concatenate(self.obs), np.concatenate(self.actions)
+        if len(obs) == 0:
             raise ValueError("no expert labels were collected: nothing to train on")
-        if not cfg.warm_start:
-            for member in getattr(policy, "members", [policy]):
-                member.params = member.init(rng)
-        train(policy, O, A, rng, cfg.train)
-        val = rollout(env, actor(policy, rng, cfg.stochastic), cfg.horizon, rng, expert=asked, seed=cfg.val_seed)
-        cost, error = float(val.total_cost.mean()), disagreement(val, cfg.tol)
-        log.append(dict(round=i + 1, data=len(O), labels=len(O), expert_calls=calls[0], cost=cost, error=error) | notes)
-        iterates.append(policy.copy())
-        if cost <= best_cost:
-            best, best_cost = iterates[-1], cost
-    return Result(best, iterates[-1], log, O, A, iterates)
+        if not self.cfg.warm_start:
+            for member in getattr(self.policy, "members", [self.policy]):
+                member.params = member.init(self.rng)
+        train(self.policy, obs, actions, self.rng, self.cfg.train)
+
+    def validate(self, **notes):
+        """Roll out the retrained learner on the validation episodes; log its cost and its 0-1 error on the
+        states it visited, and keep a copy of it (the iterate)."""
+        cfg, n = self.cfg, sum(len(o) for o in self.obs)
+        val = rollout(self.env, self.learner(), cfg.horizon, self.rng, expert=self.expert, seed=cfg.val_seed)
+        wrong = np.linalg.norm(val.actions - val.labels, axis=2) > cfg.tol  # 1[||a - label|| > tol]
+        cost, error = float(val.total_cost.mean()), float(wrong[val.mask].mean())
+        self.log.append(dict(round=len(self.log) + 1, data=n, labels=n, expert_calls=self.calls, cost=cost) | notes)
+        self.log[-1]["error"] = error
+        self.iterates.append(self.policy.copy())
+
+    def result(self):
+        costs = [entry["cost"] for entry in self.log]
+        best = len(costs) - 1 - int(np.argmin(costs[::-1]))  # the lowest validation cost; the later of ties
+        obs, actions = np.concatenate(self.obs), np.concatenate(self.actions)
+        return Result(self.iterates[best], self.iterates[-1], self.log, obs, actions, self.iterates)
 
 
 def _interventions(traj):
@@ -2225,42 +2231,48 @@ def _interventions(traj):
 def dagger(policy, env, expert, rng, cfg=DaggerConfig()):
     """DAgger (Ross, Gordon & Bagnell 2011): roll out beta_i pi* + (1 - beta_i) pi_hat_i, let the expert
     label every visited state, aggregate, retrain. Returns the best iterate on validation and the last."""
-    expert, cfg = _callable("expert", expert), _config("cfg", cfg, DaggerConfig)
-    betas = beta_schedule(cfg.beta, cfg.rounds, cfg.p)
-
-    def collect(i, learner, expert):
-        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, beta=float(betas[i]), seed=_seed(rng))
-        return traj, None, {"beta": float(betas[i])}  # DAgger: every visited state is labeled, whoever acted
-
-    return interactive(policy, env, expert, cfg, rng, collect)
+    rounds = Rounds(_config("policy", policy, Policy), env, expert, cfg, rng)
+    for beta in beta_schedule(cfg.beta, cfg.rounds, cfg.p):
+        learner = rounds.learner()  # DAgger: the mixture beta pi* + (1 - beta) pi_hat acts, step by step
+        traj = rollout(env, learner, cfg.horizon, rng, expert=rounds.expert, beta=float(beta), seed=_seed(rng))
+        rounds.add(*traj.pairs())  # DAgger: the expert labels every visited state, whoever acted
+        rounds.train(bc)
+        rounds.validate(beta=float(beta))
+    return rounds.result()
 
 
 def hg_dagger(policy, env, expert, gate, obs, actions, rng, cfg=DaggerConfig()):
     """HG-DAgger (Kelly et al. 2019): start from BC on demonstrations (obs, actions); the learner drives;
     the expert takes over while gate(obs) flags a row unsafe and hands back once it has recovered.
     Only the expert's takeover segments are added to the data."""
-    expert, gate, cfg = _callable("expert", expert), _callable("gate", gate), _config("cfg", cfg, DaggerConfig)
+    gate, cfg = _callable("gate", gate), _config("cfg", cfg, DaggerConfig)
+    obs, actions = _config("policy", policy, Policy).check(obs, actions)
     bc(policy, obs, actions, rng, cfg.train)
-
-    def collect(i, learner, expert):
-        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, gate=gate, handback=cfg.handback, seed=_seed(rng))
-        return traj, traj.intervened, _interventions(traj)  # HG-DAgger: only where the expert was in control
-
-    return interactive(policy, env, expert, cfg, rng, collect, obs, actions)
+    rounds = Rounds(policy, env, expert, cfg, rng, obs, actions)
+    for _ in range(cfg.rounds):
+        traj = rollout(  # HG-DAgger: the learner drives; the expert takes over while the gate holds
+            env, rounds.learner(), cfg.horizon, rng, expert=rounds.expert, gate=gate, handback=cfg.handback,
+            seed=_seed(rng),
+        )  # fmt: skip
+        rounds.add(*traj.pairs(where=traj.intervened))  # HG-DAgger: only where the expert was in control
+        rounds.train(bc)
+        rounds.validate(**_interventions(traj))
+    return rounds.result()
 
 
 def dart(policy, env, expert, noise, rng, cfg=DaggerConfig()):
     """DART (Laskey et al. 2017): the expert demonstrates with Gaussian noise of std `noise` added to the
     executed action, and each visited state is labeled with the expert's intended action, so the data
     holds small mistakes and the recoveries from them. Each round adds one batch of noisy demonstrations."""
-    noise, cfg = _real("noise", noise, 0), _config("cfg", cfg, DaggerConfig)
-    _config("policy", policy, Policy)
-
-    def collect(i, learner, expert):
-        traj = rollout(env, None, cfg.horizon, rng, expert=expert, beta=1.0, noise=noise, seed=_seed(rng))
-        return traj, None, {"noise": float(noise)}  # DART: the expert acts, perturbed; labels are its intentions
-
-    return interactive(policy, env, expert, cfg, rng, collect)
+    noise = _real("noise", noise, 0)
+    rounds = Rounds(_config("policy", policy, Policy), env, expert, cfg, rng)
+    for _ in range(cfg.rounds):
+        # DART: the expert acts, its hand perturbed by N(0, noise^2); its intended actions are the labels
+        traj = rollout(env, None, cfg.horizon, rng, expert=rounds.expert, beta=1.0, noise=noise, seed=_seed(rng))
+        rounds.add(*traj.pairs())
+        rounds.train(bc)
+        rounds.validate(noise=noise)
+    return rounds.result()
 
 
 def _seed(rng):
@@ -2308,22 +2320,22 @@ def active_dagger(ensemble, env, expert, obs, actions, threshold, queries, rng, 
     most uncertain first. (The toy expert is asked at every step for convenience; only queried labels enter
     the data and the label count.)"""
     rng, queries, threshold = _generator(rng), _positive_int("queries", queries), _real("threshold", threshold, 0)
-    expert, cfg = _callable("expert", expert), _config("cfg", cfg, DaggerConfig)
+    cfg = _config("cfg", cfg, DaggerConfig)
     obs, actions = _config("ensemble", ensemble, Ensemble).members[0].check(obs, actions)
     bootstrap_bc(ensemble, obs, actions, rng, cfg.train)
-
-    def collect(i, learner, expert):
-        traj = rollout(env, learner, cfg.horizon, rng, expert=expert, seed=_seed(rng))
+    rounds = Rounds(ensemble, env, expert, cfg, rng, obs, actions)
+    for _ in range(cfg.rounds):
+        traj = rollout(env, rounds.learner(), cfg.horizon, rng, expert=rounds.expert, seed=_seed(rng))  # it drives
         states = traj.observations[:, :-1]
-        u = np.where(
-            traj.mask, ensemble.uncertainty(states.reshape(-1, states.shape[2])).reshape(traj.mask.shape), -np.inf
-        )
+        u = ensemble.uncertainty(states.reshape(-1, states.shape[2])).reshape(traj.mask.shape)
+        u = np.where(traj.mask, u, -np.inf)
         where = np.zeros(u.shape, bool)
         where.flat[np.argsort(-u, axis=None, kind="stable")[:queries]] = True  # active: the most uncertain states
         where &= u > threshold  # ... and only those above the threshold
-        return traj, where, {"queries": int(where.sum()), "uncertain_share": float((u > threshold)[traj.mask].mean())}
-
-    return interactive(ensemble, env, expert, cfg, rng, collect, obs, actions, train=bootstrap_bc)
+        rounds.add(*traj.pairs(where=where))  # only the queried labels enter the data
+        rounds.train(bootstrap_bc)
+        rounds.validate(queries=int(where.sum()), uncertain_share=float((u > threshold)[traj.mask].mean()))
+    return rounds.result()
 
 
 def relabel(traj, rng, strategy="future", achieved=slice(0, 2)):
