@@ -78,7 +78,7 @@ from numba import njit
 # ---- networks ----
 # Dimensions: B batch, I / J a layer's input / output width, O observation, A action, H hidden,
 # K mixture components, C classes (or bins), E embedding, N diffusion steps, S sampling steps,
-# T horizon, n environments.
+# T horizon, n environments, P demonstration pairs and M steps drawn from each (one-shot imitation).
 
 
 def linear_forward(x, W, b, out):
@@ -218,10 +218,10 @@ def mlp_forward(net, params, x, buf=None):
     act = ACTIVATIONS[net.activation][0]
     p = net.views(params)
     buf = buf or Buffers.of(net, len(x), np.result_type(x, params))
-    h = x
+    h, last = x, len(net.sizes) - 2
     for i in range(len(net.sizes) - 1):
-        z = linear_forward(h, p[f"W{i}"], p[f"b{i}"], buf.z[i])  # (B, J)
-        h = act(z, buf.h[i]) if i < len(buf.h) else z
+        z = linear_forward(h, p[f"W{i}"], p[f"b{i}"], buf.z[i])  # z = h W + b (B, J)
+        h = z if i == last else act(z, buf.h[i])  # h = f(z); no activation after the last layer
     return h, (x, buf)
 
 
@@ -231,9 +231,10 @@ def mlp_backward(net, params, dout, cache, dparams, input_grad=True):
     act_backward = ACTIVATIONS[net.activation][1]
     p, d = net.views(params), net.views(dparams)
     x, buf = cache
+    last = len(net.sizes) - 2
     for i in reversed(range(len(net.sizes) - 1)):
-        if i < len(buf.h):
-            act_backward(dout, buf.z[i], buf.h[i])  # dout: dL/dh -> dL/dz, in place
+        if i != last:
+            act_backward(dout, buf.z[i], buf.h[i])  # dL/dz = dL/dh f'(z), in place
         dx = buf.dh[i] if input_grad or i > 0 else None
         dout = linear_backward(dout, buf.h[i - 1] if i > 0 else x, p[f"W{i}"], d[f"W{i}"], d[f"b{i}"], dx)
     return dout
@@ -2073,6 +2074,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     for t in range(T):
         if hasattr(policy, "reset") and new.any():
             policy.reset(new)
+        # the expert's label: any callable of obs; the toy world's env.expert ignores obs and reads the true state
         label = None if expert is None else as_float32("expert(obs)", expert(obs), (n, None))
         a = label if policy is None else as_float32("policy(obs)", policy(obs), (n, None))
         if label is not None and label.shape != a.shape:
@@ -2455,19 +2457,19 @@ def encode_backward(net, params, dz, cache, dparams):
 
 
 def one_shot_loss(policy, encoder, enc_params, demo, real, obs, actions, rng, grad, enc_grad):
-    """L = 1/(P K) sum_pk l(a_pk | [s_pk, z_p]), z_p = encode(demo_p): the policy's loss, end to end through the
-    encoder. demo (P, T+1, I), real (P, T+1), obs (P, K, O), actions (P, K, A); writes grad and enc_grad."""
-    P, K, O = obs.shape
+    """L = 1/(P M) sum_pk l(a_pk | [s_pk, z_p]), z_p = encode(demo_p): the policy's loss, end to end through the
+    encoder. demo (P, T+1, I), real (P, T+1), obs (P, M, O), actions (P, M, A); writes grad and enc_grad."""
+    P, M, O = obs.shape
     flat = demo.reshape(-1, demo.shape[2])
     z, cache = encode_forward(
         encoder, enc_params, demo, real, buffers(policy.workspace, "demonstration encoder", encoder, flat, enc_params)
     )
-    x = np.concatenate([obs, np.broadcast_to(z[:, None], (P, K, z.shape[1]))], 2).reshape(P * K, -1)  # [s, z]
+    x = np.concatenate([obs, np.broadcast_to(z[:, None], (P, M, z.shape[1]))], 2).reshape(P * M, -1)  # [s, z]
     head = policy.head
     loss, dx = head.policy_loss(
-        policy.net, policy.params, x, actions.reshape(P * K, -1), rng, grad, None, policy.workspace, True
+        policy.net, policy.params, x, actions.reshape(P * M, -1), rng, grad, None, policy.workspace, True
     )
-    dz = dx[:, O:].reshape(P, K, -1).sum(1)  # z_p feeds K rows: their gradients add up
+    dz = dx[:, O:].reshape(P, M, -1).sum(1)  # z_p feeds M rows: their gradients add up
     encode_backward(encoder, enc_params, dz, cache, enc_grad)
     return loss
 
@@ -2484,8 +2486,8 @@ def one_shot(policy, encoder, demos, per, rng, cfg=OneShotConfig()):
             f"got {len(demos.mask)} rows"
         )
     x, real = demo_features(demos, cfg)
-    tasks, K = len(demos.mask) // per, cfg.steps_per_pair
-    length, P = demos.mask.sum(1), cfg.train.batch_size // K
+    tasks, M = len(demos.mask) // per, cfg.steps_per_pair
+    length, P = demos.mask.sum(1), cfg.train.batch_size // M
     enc_params = encoder.init(rng)
     opts = [Adam(p.size, cfg.train.lr, max_norm=cfg.train.max_grad_norm) for p in (policy.params, enc_params)]
     grad, enc_grad = np.empty_like(policy.params), np.empty_like(enc_params)
@@ -2494,8 +2496,8 @@ def one_shot(policy, encoder, demos, per, rng, cfg=OneShotConfig()):
             opt.lr = cfg.train.step_size(step)
         task, i = rng.integers(0, tasks, P), rng.integers(0, per, P)
         shown, imitated = task * per + i, task * per + (i + rng.integers(1, per, P)) % per  # one task, two starts
-        t = (rng.random((P, K)) * length[imitated, None]).astype(np.int64)  # real steps of the imitated demos
-        s, a = demos.observations[imitated[:, None], t], demos.actions[imitated[:, None], t]  # (P, K, O), (P, K, A)
+        t = (rng.random((P, M)) * length[imitated, None]).astype(np.int64)  # real steps of the imitated demos
+        s, a = demos.observations[imitated[:, None], t], demos.actions[imitated[:, None], t]  # (P, M, O), (P, M, A)
         loss = one_shot_loss(policy, encoder, enc_params, x[shown], real[shown], s, a, rng, grad, enc_grad)
         loss = loss if np.isfinite(enc_grad).all() else math.nan  # neither network steps unless both can
         opts[0].step(policy.params, grad, loss, f"one_shot: step {step}")
