@@ -821,11 +821,11 @@ def tree_chunks(seed, quick):
                 act = im.ChunkedActor(lambda o, p=policy: p.sample(o * np.float32(scale), rng), k, m)  # k = 1: per step
                 traj = im.rollout(evaluation, act, H, rng, seed=seed + 2)
                 reversals, undecided = switches(traj, TREE["grid"])
-                kind = "per_step" if k == 1 else f"m{m}"
+                kind = "per_step" if k == 1 else "chunked" if m == CHUNK_K else f"m{m}"  # chunked: whole
                 out[name][kind] = {
                     "success": float(traj.success.mean()),
                     "success_ci": im.bootstrap_ci(traj.success, rng)[0].tolist(),
-                    "reversals": float(reversals.mean()),
+                    "switches": float(reversals.mean()),  # reversals of the sideways move, per episode
                     "undecided": float(undecided.mean()),
                     "k": k,
                     "m": m,
@@ -973,18 +973,18 @@ def chunks(seed, quick, figure):
 
 
 def report_chunks(r):
-    kinds = ["per_step"] + [f"m{m}" for m in MS]
+    kinds = ["per_step"] + ["chunked" if m == CHUNK_K else f"m{m}" for m in MS]
     say(f"\n  {r['task']}: success [95% CI], reversals per episode, share undecided at the tree")
     say(f"  {'head':<11}" + "".join(f"{k:>36}" for k in kinds))
     lines = []
     for name, h in r["heads"].items():
-        chunked, per_step = h[f"m{CHUNK_K}"], h["per_step"]
+        chunked, per_step = h["chunked"], h["per_step"]
         row = "".join(
             f"{h[k]['success']:>8.3f} [{h[k]['success_ci'][0]:.3f}, {h[k]['success_ci'][1]:.3f}]"
-            f"{h[k]['reversals']:>7.2f}{h[k]['undecided']:>7.3f}"
+            f"{h[k]['switches']:>7.2f}{h[k]['undecided']:>7.3f}"
             for k in kinds
         )
-        cpu = sum(h[k]["eval_cpu"] for k in kinds) + per_step["train_cpu"] + h[f"m{CHUNK_K}"]["train_cpu"]
+        cpu = sum(h[k]["eval_cpu"] for k in kinds) + per_step["train_cpu"] + h["chunked"]["train_cpu"]
         say(f"  {name:<11}{row}   {cpu:.1f} s CPU")
         gain = chunked["success"] - per_step["success"]
         lines.append(
@@ -1721,7 +1721,13 @@ def markdown(r):
     out.append(table("... and a cue shown only on the first step:", ["policy", "success"], rows))
     ch = r["chunks"]
     rows = [
-        [name, *[f"{h[k]['success']:.3f} ({h[k]['undecided']:.2f})" for k in ("per_step", *[f"m{m}" for m in MS])]]
+        [
+            name,
+            *[
+                f"{h[k]['success']:.3f} ({h[k]['undecided']:.2f})"
+                for k in ("per_step", *["chunked" if m == CHUNK_K else f"m{m}" for m in MS])
+            ],
+        ]
         for name, h in ch["heads"].items()
     ]
     out.append(
