@@ -1220,6 +1220,7 @@ def third_person(seed, quick, figure):
     shown = im.Goals(len(goals), TCN_T)  # one demonstration per goal, from its own start
     demo = im.rollout(shown, None, TCN_T, rng, expert=shown.expert, beta=1.0, seed=seed + 2, options={"goals": goals})
     video = camera.film(demo.observations[:, -1])  # (G, S S): where each video ends
+    figure["frame"] = video[0].reshape(camera.size, camera.size)
     candidates = play.observations[:512].reshape(-1, 2)  # (M, 2): first-person observations from play
     fresh = im.Goals(64, PLAY_T, play=True, start=1.0)  # held-out play, for the alignment
     held_out = im.rollout(fresh, None, PLAY_T, rng, expert=fresh.expert, beta=1.0, seed=seed + 4).observations
@@ -1557,7 +1558,7 @@ def plot(record, figure, path):
         return
     b = record["bounds"]
     T, e = np.array(b["T"], float), b["eps"]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 13.5))
     styles = ("o-", "v--", "s--", "^:", "d-.", "x-")
     panels = ((axes[0, 0], 2, "J / (eps T^2): flat means quadratic"), (axes[0, 1], 1, "J / (eps T): flat means linear"))
     for ax, power, title in panels:
@@ -1603,6 +1604,35 @@ def plot(record, figure, path):
     ax.set(xlabel="PPO update", ylabel="agreement with pi_BC on expert states", ylim=(0, 1.05))
     ax.set_title("fine-tuning leaves the demonstrations; lambda log pi_BC holds it", fontsize=10)
     ax.legend(fontsize=7)
+    ax, c = axes[2, 0], record["control"]
+    heads, x = list(c["heads"]), np.arange(len(c["heads"]))
+    for shift, kind in ((-0.18, "bc"), (0.18, "dagger")):
+        ret = np.array([c["heads"][h][kind]["return"] for h in heads])
+        ci = np.array([c["heads"][h][kind]["return_ci"] for h in heads])
+        ax.errorbar(x + shift, ret, yerr=np.abs(ci.T - ret), fmt="o", capsize=3, label=kind)
+    ax.axhline(c["expert"]["return"], color="k", lw=1, label="expert")
+    ax.axhline(1.15 * c["expert"]["return"], color="k", ls=":", lw=1, label="expert - 15%")
+    ax.set_xticks(x, heads, fontsize=8)
+    ax.set(ylabel="return (Pendulum-v1)")
+    ax.set_title("every head on a swing-up, BC and DAgger on 4,000 labels", fontsize=10)
+    ax.legend(fontsize=7)
+    ax, ch = axes[2, 1], record["chunks"]
+    kinds = list(next(iter(ch["heads"].values())))
+    for shift, name in zip((-0.15, 0.15), ch["heads"]):
+        h = ch["heads"][name]
+        s = np.array([h[k]["success"] for k in kinds])
+        ax.errorbar(np.arange(len(kinds)) + shift, s, yerr=np.abs(np.array([h[k]["success_ci"] for k in kinds]).T - s),
+                    fmt="o", capsize=3, label=name)  # fmt: skip
+    names = {"per_step": "sampled per step", "chunked": f"whole chunks of {ch['k']}"}
+    ax.set_xticks(np.arange(len(kinds)), [names.get(k, k.replace("m", "first m = ")) for k in kinds])
+    ax.set(ylabel="success past the tree (coarse sensor)", ylim=(-0.05, 1.05))
+    ax.set_title("chunks commit to a side; sampled per step, heads dither", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes[2, 2]
+    ax.imshow(figure["frame"], cmap="gray")
+    ax.set_title(f"third person: a video's last frame (goals found {record['third_person']['tcn']['success']:.2f})",
+                 fontsize=10)  # fmt: skip
+    ax.set(xticks=[], yticks=[])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     say(f"  figure written to {path}")
