@@ -701,6 +701,12 @@ def categorical_nll(logits, i):
     return -log_p[rows, i], dlogits
 
 
+def soft_categorical_nll(logits, q):
+    """l_b = -sum_c q_bc log softmax(logits_b)_c (B,) and dl_b/dlogits_b = softmax - q_b (B, C): a target q (B, C)."""
+    log_p = log_softmax(logits)  # (B, C)
+    return -(q * log_p).sum(1), np.exp(log_p) - q
+
+
 class CategoricalHead(Head):
     """A categorical over a finite set of C action values: values (C,) for 1-D actions or (C, A) vectors.
     Each demonstrated action counts as its nearest value (exact for actions already in the set)."""
@@ -742,11 +748,17 @@ class AutoregressiveHead(Head):
     dimension's data and keeps this head a plain use of the MLP and the categorical loss above; the
     masked input makes the factorisation exact (the factor for d never sees a_d or later). Conditioning
     on bin centres, not raw values, makes the model an exact distribution over the C^A grid of bins.
+
+    smoothing s > 0 trains each factor on the bin of clip(a_d + s eps), eps standard logistic, instead of a_d's
+    own bin (label smoothing that knows the bins are ordered; the clip puts the tails in the end bins, as the
+    environment clips actions). Neighbouring bins then share what each label teaches: one bin that holds most
+    labels no longer wins wherever data are sparse. Only the training target changes: log_prob stays exact.
     """
 
-    def __init__(self, low, high, bins=11):
+    def __init__(self, low, high, bins=11, smoothing=0.0):
         self.low, self.high = _action_bounds(low, high)
         self.action_dim, self.n_out = len(self.low), _positive_int("bins", bins, minimum=2)
+        self.smoothing = _real("smoothing", smoothing, 0)
 
     def net_in(self, obs_dim):
         return obs_dim + 2 * self.action_dim
@@ -770,8 +782,15 @@ class AutoregressiveHead(Head):
         k, A, B = self.bins(a), self.action_dim, len(obs)  # k (B, A)
         x = np.concatenate([self.inputs(obs, self.centres(k), d) for d in range(A)])  # (A B, O + 2A)
         out, cache = mlp_forward(net, params, x, buffers(workspace, "net", net, x, params))
-        l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins; rows (d, b)
+        if self.smoothing:  # q (A B, C): P(bin of clip(a + s eps) = c) = F(right edge) - F(left edge), F logistic
+            edges = self.low + (self.high - self.low) * np.arange(self.n_out + 1.0)[:, None] / self.n_out  # (C+1, A)
+            cdf = sigmoid((edges - a[:, None, :]) / self.smoothing, np.empty((B, self.n_out + 1, A), np.float32))
+            cdf[:, 0], cdf[:, -1] = 0, 1  # (B, C+1, A) the clip: tails fall in the end bins
+            l, dl = soft_categorical_nll(out, np.diff(cdf, axis=1).transpose(2, 0, 1).reshape(A * B, -1))
+        else:
+            l, dl = categorical_nll(out, k.T.reshape(-1))  # teacher forcing: the true earlier bins; rows (d, b)
         # l_b = -sum_d log p(k_bd | k_b<d, s_b) + sum_d log width_d = -log p(a_b | s_b), as in policy_log_prob
+        # (with smoothing, the cross-entropy to the smoothed target in place of -log p(k_bd | k_b<d, s_b))
         l = l.reshape(A, B).sum(0) + np.log((self.high - self.low) / self.n_out).sum()
         scale = example_weights(w, l)
         dx = mlp_backward(net, params, dl * np.tile(scale, A)[:, None], cache, grad, obs_grad)

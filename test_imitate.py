@@ -2400,3 +2400,16 @@ def test_the_readme_stays_a_landing_page():
     text = README.read_text()
     assert len(text) <= 20_000  # the long discussion of each result lives in bench.py's section docstrings
     assert "python bench.py --markdown bench.json" in text
+
+
+def test_autoregressive_smoothing_changes_only_the_target():
+    rng = np.random.default_rng(0)
+    obs, a = rng.standard_normal((16, 3)).astype(np.float32), np.float32(rng.integers(0, 9, (16, 2)) - 4) / 2.25
+    heads = [im.AutoregressiveHead([-2, -2], [2, 2], bins=9, smoothing=s) for s in (0.0, 1e-4, 0.5)]  # a: centres
+    policy, losses, grads = im.Policy(heads[0], 3, rng), [], []
+    for head in heads:
+        grads.append(np.zeros_like(policy.params))
+        losses.append(head.policy_loss(policy.net, policy.params, obs, a, rng, grads[-1])[0])
+        assert np.array_equal(head.policy_log_prob(policy.net, policy.params, obs, a), policy.log_prob(obs, a))
+    assert np.isclose(losses[0], losses[1]) and np.allclose(grads[0], grads[1], atol=1e-6)  # s -> 0: one-hot
+    assert not np.allclose(grads[0], grads[2], atol=1e-3)  # s = 0.5: a wider target, another gradient
