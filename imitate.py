@@ -2,7 +2,7 @@
 
 Read it beside the lecture notes; copy a head or a loop into your own project; run the experiments:
 
-    python bench.py          # the lecture's results, with confidence intervals, in about a minute
+    python bench.py          # the lecture's results, with confidence intervals, in a few minutes
     python imitate.py        # a short tour of the policy heads on bimodal demonstrations
     pytest -q                # the tests: gradients, samplers, kernels, algorithms
 
