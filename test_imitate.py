@@ -2413,3 +2413,9 @@ def test_autoregressive_smoothing_changes_only_the_target():
         assert np.array_equal(head.policy_log_prob(policy.net, policy.params, obs, a), policy.log_prob(obs, a))
     assert np.isclose(losses[0], losses[1]) and np.allclose(grads[0], grads[1], atol=1e-6)  # s -> 0: one-hot
     assert not np.allclose(grads[0], grads[2], atol=1e-3)  # s = 0.5: a wider target, another gradient
+
+
+def test_the_tour_runs(capsys):
+    im.tour(steps=20)  # python imitate.py: every head on bimodal demonstrations
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("l2", "mixture", "autoregressive", "diffusion", "cvae"))
