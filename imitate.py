@@ -1113,12 +1113,14 @@ class Policy:
     def save(self, path):
         """One .npz, without pickles: the head's class and constructor arguments, obs_dim, the hidden widths, the
         activation and the parameters. load_policy(path) gives back a policy that acts and samples bit for bit
-        like this one. Returns the path written (".npz" appended if missing)."""
+        like this one (a Recurrent one with its memory). Returns the path written (".npz" appended if missing)."""
         args = {f"head.{k}": np.asarray(v) for k, v in self.head.args.items() if v is not None}
+        memory = self.gru.sizes[1] if hasattr(self, "gru") else 0  # a Recurrent's obs_dim counts its memory
         return save_npz(
             path,
             head=np.str_(type(self.head).__name__),
-            obs_dim=self.obs_dim,
+            obs_dim=self.obs_dim - memory,
+            memory=memory,
             hidden=np.array(self.net.sizes[1:-1]),
             activation=np.str_(self.net.activation),
             params=self.params,
@@ -1246,7 +1248,11 @@ def load_policy(path):
             raise ValueError(f"unknown head {kind!r}")
         args = {k[5:]: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files if k.startswith("head.")}
         hidden = tuple(int(h) for h in check_array("hidden", z["hidden"], (None,)))
-        policy = Policy(heads[kind](**args), int(z["obs_dim"]), np.random.default_rng(0), hidden, str(z["activation"]))
+        shape = (int(z["obs_dim"]), np.random.default_rng(0), hidden, str(z["activation"]))
+        memory = int(z["memory"]) if "memory" in z.files else 0
+        policy = (
+            Recurrent(heads[kind](**args), *shape, memory=memory) if memory else Policy(heads[kind](**args), *shape)
+        )
         policy.params = check_array("params", z["params"], policy.params.shape, np.float32).copy()
         return policy
 

@@ -2419,3 +2419,15 @@ def test_the_tour_runs(capsys):
     im.tour(steps=20)  # python imitate.py: every head on bimodal demonstrations
     out = capsys.readouterr().out
     assert all(name in out for name in ("l2", "mixture", "autoregressive", "diffusion", "cvae"))
+
+
+def test_a_saved_recurrent_policy_keeps_its_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    policy = im.Recurrent(im.MixtureHead(2, 3), 3, rng, hidden=(8,), memory=4)
+    loaded = im.load_policy(policy.save(tmp_path / "recurrent"))
+    assert type(loaded) is im.Recurrent and np.array_equal(loaded.params, policy.params)
+    obs = rng.standard_normal((5, 3)).astype(np.float32)
+    acts = [im.RecurrentActor(p) for p in (policy, loaded)]
+    for a in acts:
+        a.reset(np.ones(5, bool))
+    assert all(np.array_equal(acts[0](obs), acts[1](obs)) for _ in range(3))
