@@ -461,10 +461,10 @@ def control_heads():
     return {
         "l2": (im.L2Head(1), (64, 64), 1500, 3e-3),
         # one log sigma for all states: a learned sigma(s) lets the mean stop learning where sigma(s) is large
-        "gaussian": (im.GaussianHead(1, state_std=True), (64, 64), 1500, 3e-3),
+        "gaussian": (im.GaussianHead(1, shared_std=True), (64, 64), 1500, 3e-3),
         # and a floor of sigma = e^-2: the expert's torque sits exactly at +-2 in a tenth of the states, and
         # components narrowed onto those two values would otherwise win the likelihood and the argmax
-        "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+        "mog": (im.MixtureHead(1, 5, log_std_min=-2.0, shared_std=True), (64, 64), 1500, 3e-3),
         # label smoothing over ordered bins (a logistic of scale 0.6 around each label, clipped): 90% of the labels
         # are the balanced pendulum's u = 0, and with one-hot targets that bin wins wherever data are sparse, so the
         # policy idles near the top while the expert's steep ramp brakes at full torque (one-hot: BC -562)
@@ -473,7 +473,7 @@ def control_heads():
         # the decoder's log sigma one parameter, as the Gaussian's (a decoder sigma(s) stops its mean learning: BC
         # -1388); and beta 8: with sigma at its floor the encoder otherwise passes each label's residual through z,
         # the decoder leans on it, and z = 0 decodes a worse mean (beta 1: BC -519, beta 4: -173, seed 2: -614)
-        "cvae": (im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+        "cvae": (im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, shared_std=True), (64, 64), 1500, 3e-3),
     }
 
 
@@ -870,7 +870,7 @@ def chunk_heads(k):
     3 components, not control's 5: with 5, DAgger's chunk policy missed the target on 2 of 4 seeds, with 3 on none."""
     return {
         "l2": (im.L2Head(k), (64, 64), 1500, 3e-3),
-        "mog": (im.MixtureHead(k, 3, log_std_min=-2.0, state_std=True), (64, 64), 1500, 3e-3),
+        "mog": (im.MixtureHead(k, 3, log_std_min=-2.0, shared_std=True), (64, 64), 1500, 3e-3),
     }
 
 

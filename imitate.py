@@ -58,7 +58,7 @@ Lecture idea -> where it lives:
     RL can beat the expert BC imitates ................. ppo, Goals(cost="task", speed=0.5)
     BC as a reward term ................................ shaped_reward
     a reward learned from demonstrations ............... gail, gail_reward
-    expressive heads hold up on real control ........... Pendulum, GaussianHead(state_std=True)
+    expressive heads hold up on real control ........... Pendulum, GaussianHead(shared_std=True)
     chunks commit to a mode; an open loop cannot react . Trajectories.chunks, ChunkedActor
 """
 
@@ -511,7 +511,8 @@ class Head:
         """The head's outputs (B, n_out + free): the network's, then the free parameters repeated for every row."""
         out, cache = mlp_forward(net, params, obs, buf)
         if self.free:
-            out = np.concatenate([out, np.broadcast_to(params[net.n_params :], (len(out), self.free))], 1)
+            free = params[net.n_params : net.n_params + self.free]  # (a Recurrent's GRU follows them)
+            out = np.concatenate([out, np.broadcast_to(free, (len(out), self.free))], 1)
         return out, cache
 
     def init_net(self, net, params):
@@ -523,7 +524,7 @@ class Head:
         out, cache = self.outputs(net, params, obs, buffers(workspace, "net", net, obs, params))
         loss, dout = weigh(*self.nll(out, a), w)
         if self.free:  # a free parameter's gradient sums over the rows it was repeated in
-            grad[net.n_params :] = dout[:, net.sizes[-1] :].sum(0)
+            grad[net.n_params : net.n_params + self.free] = dout[:, net.sizes[-1] :].sum(0)
             dout = np.ascontiguousarray(dout[:, : net.sizes[-1]])
         return loss, mlp_backward(net, params, dout, cache, grad, obs_grad)
 
@@ -578,13 +579,13 @@ class GaussianHead(Head):
 
     What a learned sigma(s) does to the mean: the NLL's gradient in mu is (mu - a) / sigma(s)^2, so where the
     network makes sigma(s) large (hard or rare states) the mean stops learning, and the states it fits closely
-    pull hardest on the shared layers (Seitzer et al. 2022). With state_std=True, log sigma is one parameter per
+    pull hardest on the shared layers (Seitzer et al. 2022). With shared_std=True, log sigma is one parameter per
     action dimension (as Stable-Baselines3 and imitation have it): every example then weighs the same and the
     mean learns as L2's does."""
 
-    def __init__(self, action_dim, log_std_min=-4.0, log_std_max=4.0, state_std=False):
+    def __init__(self, action_dim, log_std_min=-4.0, log_std_max=4.0, shared_std=False):
         self.action_dim = _positive_int("action_dim", action_dim)
-        self.free = self.action_dim if state_std else 0  # log sigma: parameters, not network outputs
+        self.free = self.action_dim if shared_std else 0  # log sigma: parameters, not network outputs
         self.n_out = 2 * self.action_dim - self.free
         self.bounds = _log_std_bounds(log_std_min, log_std_max)
 
@@ -628,10 +629,10 @@ class MixtureHead(Head):
     the state (collapse), and such a mean cannot take two values where the demonstrations part. Distinct points
     spread over the demonstrated actions serve (k-means centres, or points along their first principal axis)."""
 
-    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0, means=None, state_std=False):
+    def __init__(self, action_dim, components=5, log_std_min=-4.0, log_std_max=4.0, means=None, shared_std=False):
         self.action_dim = _positive_int("action_dim", action_dim)
         self.K = _positive_int("components", components)
-        self.free = self.K * self.action_dim if state_std else 0  # as GaussianHead's: one log sigma per component
+        self.free = self.K * self.action_dim if shared_std else 0  # as GaussianHead's: one log sigma per component
         self.n_out = self.K * (1 + 2 * self.action_dim) - self.free
         self.bounds = _log_std_bounds(log_std_min, log_std_max)
         self.means = None if means is None else check_array("means", np.asarray(means, np.float32), (self.K, None))
@@ -966,7 +967,7 @@ def stratified_normal(n, dim, seed):
     average over them stays unbiased; seeded, so the same every call."""
     rng = np.random.default_rng(seed)
     u = (rng.permuted(np.tile(np.arange(n), (dim, 1)), axis=1).T + rng.random((n, dim))) / n  # (n, dim) in (0, 1)
-    return np.vectorize(statistics.NormalDist().inv_cdf)(u)
+    return np.vectorize(statistics.NormalDist().inv_cdf, otypes=[float])(u)
 
 
 class CVAEHead(Head):
@@ -976,16 +977,16 @@ class CVAEHead(Head):
     (reparameterised, eps ~ N(0, I)). The policy's network is the decoder, on [s, z]; the encoder, on [s, a]
     with the same hidden widths, sits after it in the flat parameter vector. sample() draws z from the prior
     and samples the decoder; act() decodes z = 0, the prior's mode (not necessarily a data mode).
-    state_std: the decoder's log sigma is one parameter per action dimension (GaussianHead's state_std), placed
+    shared_std: the decoder's log sigma is one parameter per action dimension (GaussianHead's shared_std), placed
     between the decoder's network and the encoder. A decoder sigma(s) has the Gaussian head's trouble: where it
     grows, the decoder's mean there stops learning, and act() decodes that mean."""
 
     def __init__(
-        self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=128, state_std=False
+        self, action_dim, latent_dim=2, beta=1.0, log_std_min=-4.0, log_std_max=4.0, samples=128, shared_std=False
     ):
-        self.decoder = GaussianHead(action_dim, log_std_min, log_std_max, state_std)
+        self.decoder = GaussianHead(action_dim, log_std_min, log_std_max, shared_std)
         self.action_dim, self.n_out = self.decoder.action_dim, self.decoder.n_out
-        self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples)
+        self.latent_dim, self.samples = _positive_int("latent_dim", latent_dim), _positive_int("samples", samples, 2)
         self.beta = _real("beta", beta, 0)
 
     def net_in(self, obs_dim):
@@ -1011,7 +1012,7 @@ class CVAEHead(Head):
         """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
         x = np.concatenate([obs, z], 1)
         out, cache = mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
-        if self.decoder.free:  # state_std: the log sigma parameters, the same for every row
+        if self.decoder.free:  # shared_std: the log sigma parameters, the same for every row
             log_std = params[net.n_params : net.n_params + self.decoder.free]
             out = np.concatenate([out, np.broadcast_to(log_std, (len(out), self.decoder.free))], 1)
         return out, cache
@@ -1026,7 +1027,7 @@ class CVAEHead(Head):
         kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
         scale = example_weights(w, recon + beta * kl)  # w_i / B
         drecon, A, free = drecon * scale[:, None], self.action_dim, self.decoder.free
-        if free:  # state_std: a log sigma parameter's gradient sums over the rows it was repeated in
+        if free:  # shared_std: a log sigma parameter's gradient sums over the rows it was repeated in
             grad[net.n_params : net.n_params + free] = drecon[:, A:].sum(0)
         dx = mlp_backward(net, params, np.ascontiguousarray(drecon[:, : 2 * A - free]), cache, grad)  # d/d[s, z]
         dz, s = dx[:, O:], scale[:, None]
@@ -1041,13 +1042,14 @@ class CVAEHead(Head):
 
     def policy_log_prob(self, net, params, obs, a):
         """log p(a | s) by defensive importance sampling: K = samples draws, the first half from q(z | s, a) and
-        the rest from the prior, each weighted against the mixture r = (q + p) / 2 that drew them:
+        the rest from the prior, each weighted against the mixture r = (K_q q + K_p p) / K that drew them:
         log 1/K sum_k p(a | s, z_k) p(z_k) / r(z_k). A Gaussian q is often narrower than the true posterior
         (here, half the prior cut off where the decoder switches modes), and weights p / q alone then have tails
-        that a few draws blow up (+0.5 nats at K = 64); against r they stay below 2 p(a | s, z). Unbiased inside
+        that a few draws blow up (+0.5 nats at K = 64); against r they stay below K / K_p p(a | s, z). Unbiased inside
         the log, so a lower bound in expectation; the draws come from a generator seeded with 0 (deterministic)."""
         mu, log_std, _, _ = self.posterior(net, params, obs, a)
-        std, half, L = np.exp(log_std), self.samples // 2, self.latent_dim
+        std, K, L = np.exp(log_std), self.samples, self.latent_dim
+        half = K // 2
         eps = np.concatenate([stratified_normal(half, L, 0), stratified_normal(self.samples - half, L, 1)])  # (K, L)
         eps = np.broadcast_to(eps[:, None, :], (self.samples, *mu.shape)).astype(mu.dtype)  # the same for every row
         log_w = []
@@ -1055,7 +1057,7 @@ class CVAEHead(Head):
             z = mu + std * e if k < half else e  # z ~ q(z | s, a), then z ~ p(z) (B, L)
             log_q = -0.5 * (((z - mu) / std) ** 2).sum(1) - log_std.sum(1) - 0.5 * L * LOG_2PI  # log q(z | s, a)
             log_p = -0.5 * (z * z).sum(1) - 0.5 * L * LOG_2PI  # log p(z)
-            log_r = np.logaddexp(log_q, log_p) - math.log(2)  # log (q + p) / 2
+            log_r = np.logaddexp(log_q + math.log(half / K), log_p + math.log((K - half) / K))  # log r(z)
             log_w.append(self.decoder.log_prob(self.decode(net, params, obs, z)[0], a) + log_p - log_r)
         return logsumexp(np.stack(log_w, 1)) - math.log(self.samples)
 
@@ -1072,7 +1074,7 @@ class Policy:
 
     def __init__(self, head, obs_dim, rng, hidden=(64, 64), activation="relu"):
         self.head, self.obs_dim = _config("head", head, Head), _positive_int("obs_dim", obs_dim)
-        if not isinstance(hidden, (tuple, list)):
+        if not isinstance(hidden, (tuple, list, np.ndarray)):
             raise TypeError(f"hidden must be a tuple of layer widths, e.g. (64, 64), got {hidden!r}")
         hidden = [_positive_int("hidden", h) for h in hidden]
         self.net = MLP((head.net_in(self.obs_dim), *hidden, head.n_out), activation)
@@ -1154,7 +1156,10 @@ class Recurrent(Policy):
         """Episodes obs (n, T, O), actions (n, T, A) (or (n, T) for one dimension) and mask (n, T), checked."""
         obs, a = as_float32("obs", obs, (None, None, self.gru.sizes[0])), as_float32("actions", a)
         a = check_array("actions", a[..., None] if a.ndim == 2 else a, (*obs.shape[:2], self.head.action_dim))
-        mask = check_array("mask", np.asarray(mask), obs.shape[:2], np.bool_)
+        mask = check_array("mask", np.asarray(mask), obs.shape[:2])
+        if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+            raise ValueError("mask must hold booleans (or 0 and 1)")
+        mask = mask.astype(bool)
         if not mask.any(1).all():
             raise ValueError("every episode needs at least one real step (mask)")
         return obs, a, mask
@@ -1184,7 +1189,8 @@ class RecurrentActor:
     episode, and h is set to 0 there. Samples with an rng (stochastic), else takes the deterministic action."""
 
     def __init__(self, policy, rng=None, stochastic=False):
-        self.policy, self.rng, self.stochastic, self.h = policy, rng, stochastic, None
+        self.policy, self.stochastic, self.h = _config("policy", policy, Recurrent), stochastic, None
+        self.rng = _generator(rng) if stochastic else rng
 
     def reset(self, rows):
         if self.h is None or len(self.h) != len(rows):  # a new vector env: every row starts afresh
@@ -1662,6 +1668,14 @@ class Camera:
     offset: tuple = (7.0, 8.0)  # the pixel (row, column) the arena's centre lands on
     blob: float = 1.5  # the agent's width, pixels
 
+    def __post_init__(self):
+        _positive_int("size", self.size, 2)
+        _real("angle", self.angle)
+        _real("scale", self.scale, 0, open_low=True)
+        _real("blob", self.blob, 0, open_low=True)
+        if len(self.offset) != 2:
+            raise ValueError(f"offset must be a (row, column) pair, got {self.offset!r}")
+
     def film(self, positions):
         """positions (..., 2) -> frames (..., S S) float32, one per position."""
         p = np.asarray(positions, np.float64)
@@ -1828,12 +1842,12 @@ class Trajectories:
 
     @classmethod
     def from_episodes(cls, episodes):
-        """Episodes of any lengths, as users keep them (Minari's EpisodeData, robomimic's demos, dicts of arrays):
+        """Episodes of any lengths, as users keep them (Minari's EpisodeData, or dicts of arrays):
         each with observations (T_i + 1, O) and actions (T_i, A) or (T_i,), optionally rewards (T_i,) (costs =
         -rewards), terminations and truncations (T_i,), read as attributes or as keys. Rows are padded to the
         longest episode: the last observation repeats and the mask marks the real steps."""
-        if not isinstance(episodes, (list, tuple)):
-            raise TypeError(f"episodes must be a list of episodes, got {type(episodes).__name__}")
+        if isinstance(episodes, (dict, str)) or not hasattr(episodes, "__iter__"):
+            raise TypeError(f"episodes must be a list (or an iterable) of episodes, got {type(episodes).__name__}")
         rows = []
         for i, ep in enumerate(episodes):
 
@@ -1893,6 +1907,7 @@ def env_observations(obs, env, where="env.step"):
         obs = np.asarray(obs)
     except ValueError:  # ragged per-env observations
         obs = np.asarray(None)
+    obs = obs[:, None] if obs.ndim == 1 else obs  # (n,): one number each, e.g. a Discrete observation space
     flat = obs.ndim == 2 and obs.dtype.kind in "biuf"
     if not flat or hasattr(getattr(env, "single_observation_space", None), "spaces"):
         raise ValueError(
@@ -1938,6 +1953,16 @@ def env_step(env, actions):
             for i in np.flatnonzero(ended):
                 last[i] = env_observations(np.asarray(info[key][i])[None], env, f"info['{key}']")[0]
             break
+    final = info.get("final_info")  # the ended rows' own info (1.x: a dict of arrays; 0.29: a dict per row)
+    if ended.any() and final is not None:  # their "success" is the ended episode's, not the new one's
+        if isinstance(final, dict):
+            rows = np.asarray(final.get("_success", np.zeros(n, bool)), bool) & ended
+            success = np.where(rows, np.asarray(final.get("success", np.zeros(n)), bool), False)
+        else:
+            rows = np.array([ended[i] and isinstance(d, dict) and "success" in d for i, d in enumerate(final)])
+            success = np.array([bool(d["success"]) if r else False for d, r in zip(final, rows)])
+        if rows.any():
+            info["success"] = np.where(rows, success, np.asarray(info.get("success", np.zeros(n)), bool))
     return obs, reward, done[0].astype(bool), done[1].astype(bool), info | {"last": last, "ended": ended}
 
 
@@ -1994,7 +2019,8 @@ class History:
     @property
     def obs_dim(self):
         space = getattr(self.env, "single_observation_space", None)
-        O = getattr(self.env, "obs_dim", None) or getattr(space, "shape", 0)
+        O = getattr(self.env, "obs_dim", None) or getattr(space, "shape", None)
+        O = 1 if O == () else O  # a Discrete observation: one number
         if not O:
             raise ValueError("History needs env.obs_dim or env.single_observation_space to know the width of a frame")
         return self.k * ((O if isinstance(O, int) else math.prod(O)) + self.action_dim)
@@ -2096,6 +2122,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     intervened, success, terminal = np.zeros((n, T), bool), np.zeros(n, bool), np.zeros(n, bool)
     alive, in_control, safe_steps = np.ones(n, bool), np.zeros(n, bool), np.zeros(n, np.int64)
     new, pending = np.ones(n, bool), np.zeros(n, bool)  # rows starting an episode now / at the next step
+    reported = False  # whether the env reports success
     for t in range(T):
         if hasattr(policy, "reset") and new.any():
             policy.reset(new)
@@ -2123,8 +2150,8 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         intervened[:, t] = takeover & alive
         if labels is not None:
             labels[:, t] = label
-        if "success" in info:
-            success = np.where(alive, info["success"], success)
+        if "success" in info:  # an env may report it only on the steps where some row ends
+            success, reported = np.where(alive, info["success"], success), True
         observations[:, t + 1] = np.where(alive[:, None], info["last"], observations[:, t])
         terminal |= alive & terminated
         alive &= ~(terminated | truncated)
@@ -2140,7 +2167,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         labels=labels,
         intervened=intervened if (beta > 0 or gate is not None) else None,
         goals=None if goals is None else as_float32("info['goal']", goals, (n, None)),
-        success=success if "success" in info else None,
+        success=success if reported else None,
         terminal=terminal,
     )
 
@@ -2567,7 +2594,7 @@ def triplet_backward(za, zp, zn, active):
 
 def unit_forward(z):
     """y = z / ||z||: the embedding on the unit sphere, where the margin alpha has a fixed scale. z (B, E)."""
-    norm = np.sqrt((z * z).sum(1, keepdims=True))  # (B, 1)
+    norm = np.sqrt((z * z).sum(1, keepdims=True) + 1e-12)  # (B, 1); a zero embedding stays finite
     return z / norm, norm
 
 
@@ -2605,6 +2632,9 @@ def tcn(first, third, observations, frames, mask, rng, cfg=TCNConfig()):
     rng, cfg = _generator(rng), _config("cfg", cfg, TCNConfig)
     observations = as_float32("observations", observations, (None, None, None))
     frames = as_float32("frames", frames, (len(observations), observations.shape[1], None))
+    O, P = observations.shape[2], frames.shape[2]
+    if first.sizes[0] != O or third.sizes[0] != P or first.sizes[-1] != third.sizes[-1]:
+        raise ValueError(f"need encoders ({O}, ..., E) and ({P}, ..., E), got {first.sizes} and {third.sizes}")
     mask = check_array("mask", np.asarray(mask), (len(observations), observations.shape[1] - 1)).astype(bool)
     last = mask.sum(1)  # (n,) each episode's last real state: states 0..last are real
     if np.any(last + 1 < 2 * cfg.far):
@@ -2631,6 +2661,8 @@ def tcn(first, third, observations, frames, mask, rng, cfg=TCNConfig()):
 
 def nearest(queries, keys, k=1):
     """Indices (Q, k) of the k keys (M, E) nearest to each query (Q, E) in Euclidean distance, in no order."""
+    if not 1 <= _positive_int("k", k) <= len(keys):
+        raise ValueError(f"k must be at most the number of keys, {len(keys)}, got {k}")
     d = (queries**2).sum(1)[:, None] - 2 * queries @ keys.T + (keys**2).sum(1)[None]  # (Q, M)
     return np.argpartition(d, k - 1, 1)[:, :k]  # the k smallest, in no particular order
 

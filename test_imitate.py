@@ -1757,8 +1757,8 @@ def test_pendulum_expert_labels_any_state():
 
 def make_free_heads():
     return {
-        "gaussian": im.GaussianHead(2, state_std=True),
-        "mixture": im.MixtureHead(2, 3, log_std_min=-2.0, state_std=True),
+        "gaussian": im.GaussianHead(2, shared_std=True),
+        "mixture": im.MixtureHead(2, 3, log_std_min=-2.0, shared_std=True),
     }
 
 
@@ -1795,7 +1795,7 @@ def test_state_independent_log_std_is_an_exact_likelihood(name):
 
 def test_state_independent_gaussian_mean_learns_as_l2_does():
     """With one sigma for all states, every example's gradient in mu is (mu - a) / sigma^2: L2's, rescaled."""
-    head, rng = im.GaussianHead(1, state_std=True), np.random.default_rng(3)
+    head, rng = im.GaussianHead(1, shared_std=True), np.random.default_rng(3)
     policy = im.Policy(head, 3, rng, hidden=(8,))
     policy.params[policy.net.n_params :] = 0.7
     obs, a = rng.standard_normal((16, 3)), rng.uniform(-1, 1, (16, 1))
@@ -1836,9 +1836,9 @@ def test_cvae_log_prob_matches_quadrature_on_bimodal_actions():
     assert np.abs(policy.log_prob(test, a) - exact).max() <= 0.05
 
 
-@pytest.mark.parametrize("state_std", [False, True])
-def test_cvae_gradients_with_a_state_independent_decoder_sigma_match_central_differences(state_std):
-    head = im.CVAEHead(2, latent_dim=2, beta=0.7, samples=8, state_std=state_std)
+@pytest.mark.parametrize("shared_std", [False, True])
+def test_cvae_gradients_with_a_state_independent_decoder_sigma_match_central_differences(shared_std):
+    head = im.CVAEHead(2, latent_dim=2, beta=0.7, samples=8, shared_std=shared_std)
     rng = np.random.default_rng(1)
     policy = im.Policy(head, 3, rng, hidden=(6, 5), activation="tanh")
     params, obs, a = policy.params.astype(f64), rng.standard_normal((4, 3)), rng.uniform(-0.9, 0.9, (4, 2))
@@ -1855,9 +1855,9 @@ def test_cvae_gradients_with_a_state_independent_decoder_sigma_match_central_dif
     assert rel_err(dobs, numerical_grad(lambda o: loss(params, o, np.empty_like(params))[0], obs)) < 1e-6
 
 
-def test_cvae_state_std_puts_one_log_sigma_per_action_dimension_between_decoder_and_encoder():
+def test_cvae_shared_std_puts_one_log_sigma_per_action_dimension_between_decoder_and_encoder():
     rng = np.random.default_rng(0)
-    head = im.CVAEHead(2, latent_dim=1, state_std=True)
+    head = im.CVAEHead(2, latent_dim=1, shared_std=True)
     policy = im.Policy(head, 3, rng, hidden=(8,))
     n = policy.net.n_params
     assert head.n_out == 2 and head.decoder.free == 2  # the network gives the mean only
@@ -1868,9 +1868,9 @@ def test_cvae_state_std_puts_one_log_sigma_per_action_dimension_between_decoder_
     assert np.array_equal(out[:, 2:], np.tile(np.float32([-1.0, 0.5]), (5, 1)))  # the same at every state
 
 
-def test_cvae_state_std_saves_and_loads(tmp_path):
+def test_cvae_shared_std_saves_and_loads(tmp_path):
     rng = np.random.default_rng(0)
-    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, state_std=True), 3, rng, hidden=(8,))
+    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, shared_std=True), 3, rng, hidden=(8,))
     obs, a = rng.standard_normal((64, 3)).astype(np.float32), rng.standard_normal((64, 1)).astype(np.float32)
     im.bc(policy, obs, a, rng, im.TrainConfig(steps=20))
     loaded = im.load_policy(policy.save(tmp_path / "cvae"))
@@ -1878,13 +1878,13 @@ def test_cvae_state_std_saves_and_loads(tmp_path):
     assert np.array_equal(loaded.log_prob(obs, a), policy.log_prob(obs, a))
 
 
-def test_cvae_with_a_state_std_decoder_and_collapsed_posterior_acts_like_its_mean():
+def test_cvae_with_a_shared_std_decoder_and_collapsed_posterior_acts_like_its_mean():
     """On unimodal (deterministic) labels a large beta collapses the posterior (KL -> 0): the decoder then ignores z
     and act() (z = 0) is the fitted mean, close to the labels, as L2's is."""
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (2048, 2)).astype(np.float32)
     a = np.sin(2 * obs[:, :1]) + 0.5 * obs[:, 1:]
-    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, state_std=True), 2, rng)
+    policy = im.Policy(im.CVAEHead(1, latent_dim=1, beta=8.0, log_std_min=-2.0, shared_std=True), 2, rng)
     im.bc(policy, obs, a, rng, im.TrainConfig(steps=600, lr=3e-3))
     mu, log_std, _, _ = policy.head.posterior(policy.net, policy.params, obs, a)
     kl = 0.5 * (mu * mu + np.exp(2 * log_std) - 1 - 2 * log_std).sum(1)
@@ -2075,6 +2075,14 @@ class Walker:
             final = np.array([self.x[i : i + 1].astype(np.float32) if e else None for i, e in zip(rows, ended)], object)
             info = {key: final, f"_{key}": ended} if ended.any() else {}
             self.restart(ended)
+        if terminated.any():  # success, reported the way each mode reports info: only on steps where it happens
+            success = {"success": terminated.copy(), "_success": terminated.copy()}
+            if self.mode == "next":
+                info |= success
+            elif self.mode == "same":  # Gymnasium 1.x: the ended rows' own info, a dict of arrays
+                info |= {"final_info": success, "_final_info": ended}
+            else:  # 0.29: a dict per row
+                info["final_info"] = np.array([{"success": bool(s)} if e else None for s, e in zip(terminated, ended)])
         return self.x[:, None].astype(np.float32), reward, terminated, truncated, info
 
 
@@ -2087,9 +2095,10 @@ def test_same_step_autoreset_records_the_same_episodes_as_next_step(k):
 
     base = record("next")
     assert (~base.mask).any() and base.terminal.any()  # episodes ended inside the window, some at 0
+    assert np.array_equal(base.success, base.terminal)  # reported on the steps where it happened, and kept
     for mode in ("same", "0.29"):
         other = record(mode)
-        for name in ("observations", "actions", "costs", "mask", "terminal"):
+        for name in ("observations", "actions", "costs", "mask", "terminal", "success"):
             assert np.array_equal(getattr(base, name), getattr(other, name)), (mode, name)
     with pytest.raises(ValueError, match="autoreset mode 'Disabled' is not supported"):
         record("disabled")
@@ -2431,3 +2440,35 @@ def test_a_saved_recurrent_policy_keeps_its_memory(tmp_path):
     for a in acts:
         a.reset(np.ones(5, bool))
     assert all(np.array_equal(acts[0](obs), acts[1](obs)) for _ in range(3))
+
+
+def test_review_fixes_hold():
+    rng = np.random.default_rng(0)
+    for head in (im.GaussianHead(2, shared_std=True), im.MixtureHead(2, 3, shared_std=True)):  # free params, then GRU
+        actor = im.RecurrentActor(im.Recurrent(head, 3, rng, hidden=(8,), memory=4))
+        actor.reset(np.ones(2, bool))
+        assert actor(np.zeros((2, 3), np.float32)).shape == (2, 2)
+    net = im.MLP((2, 4, 3))
+    assert np.isfinite(im.embed(net, net.init(rng), np.zeros((1, 2), np.float32))).all()  # a zero embedding
+    episodes = ({"observations": np.zeros((3, 2)), "actions": np.zeros(2)} for _ in range(2))  # a generator
+    assert im.Trajectories.from_episodes(episodes).mask.shape == (2, 2)
+    with pytest.raises(TypeError, match="policy must be a Recurrent"):
+        im.RecurrentActor(im.Policy(im.L2Head(2), 3, rng))
+    with pytest.raises(ValueError, match="k must be at most"):
+        im.nearest(np.zeros((1, 2)), np.zeros((3, 2)), k=4)
+    with pytest.raises(ValueError, match="blob must be"):
+        im.Camera(blob=0)
+
+
+@pytest.mark.parametrize("K", [2, 3, 5])
+def test_cvae_log_prob_is_exact_when_the_decoder_ignores_z(K):
+    rng = np.random.default_rng(0)
+    head = im.CVAEHead(1, latent_dim=1, samples=K)
+    policy = im.Policy(head, 2, rng, hidden=(4,))
+    policy.net.views(policy.params)["W0"][2:] = 0  # the decoder ignores z: p(a | s) = p(a | s, z) for every z
+    encoder = head.encoder(policy.net).views(policy.params[policy.net.n_params :])
+    encoder["W1"][:], encoder["b1"][:] = 0, [4, 0]  # and q(z | s, a) = N(4, 0.14^2), apart from the prior
+    obs, a = rng.standard_normal((4, 2)).astype(np.float32), rng.standard_normal((4, 1)).astype(np.float32)
+    exact = head.decoder.log_prob(head.decode(policy.net, policy.params, obs, np.zeros((4, 1), np.float32))[0], a)
+    # the K - K // 2 prior draws each weigh p / r = K / (K - K // 2), the q draws about 0: the mean is 1 for any K
+    assert np.allclose(policy.log_prob(obs, a), exact, atol=0.01)
