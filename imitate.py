@@ -515,6 +515,14 @@ class Head:
             out = np.concatenate([out, np.broadcast_to(free, (len(out), self.free))], 1)
         return out, cache
 
+    def free_backward(self, net, dout, grad):
+        """dL/d(outputs) (B, n_out + free) -> the network's part (B, n_out); the free parameters' gradient, summed
+        over the rows they were repeated in, is written into grad after the network's."""
+        if not self.free:
+            return dout
+        grad[net.n_params : net.n_params + self.free] = dout[:, net.sizes[-1] :].sum(0)
+        return np.ascontiguousarray(dout[:, : net.sizes[-1]])
+
     def init_net(self, net, params):
         """Adjust a fresh network's parameters (net's flat vector) in place; by default they stay as drawn."""
 
@@ -523,10 +531,7 @@ class Head:
         and returns L and, with obs_grad, dL/dobs (B, O) (else None). workspace: the policy's buffers."""
         out, cache = self.outputs(net, params, obs, buffers(workspace, "net", net, obs, params))
         loss, dout = weigh(*self.nll(out, a), w)
-        if self.free:  # a free parameter's gradient sums over the rows it was repeated in
-            grad[net.n_params : net.n_params + self.free] = dout[:, net.sizes[-1] :].sum(0)
-            dout = np.ascontiguousarray(dout[:, : net.sizes[-1]])
-        return loss, mlp_backward(net, params, dout, cache, grad, obs_grad)
+        return loss, mlp_backward(net, params, self.free_backward(net, dout, grad), cache, grad, obs_grad)
 
     def policy_log_prob(self, net, params, obs, a):
         return self.log_prob(self.outputs(net, params, obs)[0], a)
@@ -999,7 +1004,7 @@ class CVAEHead(Head):
         )
 
     def init_extra(self, net, rng):
-        return np.concatenate([np.zeros(self.decoder.free, np.float32), self.encoder(net).init(rng)])
+        return np.concatenate([self.decoder.init_extra(net, rng), self.encoder(net).init(rng)])
 
     def posterior(self, net, params, obs, a, workspace=None):
         enc, x = self.encoder(net), np.concatenate([obs, a], 1)
@@ -1011,11 +1016,7 @@ class CVAEHead(Head):
     def decode(self, net, params, obs, z, workspace=None):
         """The decoder's outputs (mean and raw log-std of p(a | s, z)) and its cache."""
         x = np.concatenate([obs, z], 1)
-        out, cache = mlp_forward(net, params, x, buffers(workspace, "decoder", net, x, params))
-        if self.decoder.free:  # shared_std: the log sigma parameters, the same for every row
-            log_std = params[net.n_params : net.n_params + self.decoder.free]
-            out = np.concatenate([out, np.broadcast_to(log_std, (len(out), self.decoder.free))], 1)
-        return out, cache
+        return self.decoder.outputs(net, params, x, buffers(workspace, "decoder", net, x, params))
 
     def policy_loss(self, net, params, obs, a, rng, grad, w=None, workspace=None, obs_grad=False):
         O, beta = obs.shape[1], self.beta
@@ -1026,17 +1027,15 @@ class CVAEHead(Head):
         recon, drecon = self.decoder.nll(out, a)  # -log p(a | s, z) (B,)
         kl = 0.5 * (mu * mu + std * std - 1 - 2 * log_std).sum(1)  # KL(N(mu, sigma^2) || N(0, I)) (B,)
         scale = example_weights(w, recon + beta * kl)  # w_i / B
-        drecon, A, free = drecon * scale[:, None], self.action_dim, self.decoder.free
-        if free:  # shared_std: a log sigma parameter's gradient sums over the rows it was repeated in
-            grad[net.n_params : net.n_params + free] = drecon[:, A:].sum(0)
-        dx = mlp_backward(net, params, np.ascontiguousarray(drecon[:, : 2 * A - free]), cache, grad)  # d/d[s, z]
+        drecon = self.decoder.free_backward(net, drecon * scale[:, None], grad)  # shared_std: its log sigma's part
+        dx = mlp_backward(net, params, drecon, cache, grad)  # d/d[s, z] (B, O + L)
         dz, s = dx[:, O:], scale[:, None]
         dmu = dz + beta * mu * s  # term 1 through z (dz/dmu = 1); term 2: dKL/dmu = mu
         # term 1 through z (dz/dlog sigma = sigma eps); term 2: dKL/dlog sigma = sigma^2 - 1
         dlog_std = dz * std * eps + beta * (std * std - 1) * s
         enc = self.encoder(net)
         dq = np.concatenate([dmu, dlog_std * dlog_std_draw], 1)
-        start = net.n_params + free
+        start = net.n_params + self.decoder.free  # the encoder's parameters: after the decoder's
         dx_enc = mlp_backward(enc, params[start:], dq, q_cache, grad[start:], obs_grad)
         return float(scale @ (recon + beta * kl)), dx[:, :O] + dx_enc[:, :O] if obs_grad else None
 
@@ -1050,8 +1049,8 @@ class CVAEHead(Head):
         mu, log_std, _, _ = self.posterior(net, params, obs, a)
         std, K, L = np.exp(log_std), self.samples, self.latent_dim
         half = K // 2
-        eps = np.concatenate([stratified_normal(half, L, 0), stratified_normal(self.samples - half, L, 1)])  # (K, L)
-        eps = np.broadcast_to(eps[:, None, :], (self.samples, *mu.shape)).astype(mu.dtype)  # the same for every row
+        eps = np.concatenate([stratified_normal(half, L, 0), stratified_normal(K - half, L, 1)])  # (K, L)
+        eps = np.broadcast_to(eps[:, None, :], (K, *mu.shape)).astype(mu.dtype)  # the same for every row
         log_w = []
         for k, e in enumerate(eps):  # one decoder pass per draw: memory stays (B, H)
             z = mu + std * e if k < half else e  # z ~ q(z | s, a), then z ~ p(z) (B, L)
@@ -1059,7 +1058,7 @@ class CVAEHead(Head):
             log_p = -0.5 * (z * z).sum(1) - 0.5 * L * LOG_2PI  # log p(z)
             log_r = np.logaddexp(log_q + math.log(half / K), log_p + math.log((K - half) / K))  # log r(z)
             log_w.append(self.decoder.log_prob(self.decode(net, params, obs, z)[0], a) + log_p - log_r)
-        return logsumexp(np.stack(log_w, 1)) - math.log(self.samples)
+        return logsumexp(np.stack(log_w, 1)) - math.log(K)
 
     def policy_sample(self, net, params, obs, rng):
         z = rng.standard_normal((len(obs), self.latent_dim), dtype=np.float32)  # z ~ p(z): picks a mode
@@ -1614,7 +1613,7 @@ class Goals(VectorEnv):
         if cost not in ("expert", "task"):
             raise ValueError(f"need cost 'expert' or 'task', got {cost!r}")
         self.task, self.speed = cost == "task", speed
-        self.play, self.start, self.observe_goal = bool(play), float(start), bool(observe_goal)
+        self.play, self.start, self.observe_goal = bool(play), start, bool(observe_goal)
         self.pos, self.goal, self.obs_dim = (
             np.zeros((self.num_envs, 2)),
             np.zeros((self.num_envs, 2)),
@@ -1844,8 +1843,8 @@ class Trajectories:
     def from_episodes(cls, episodes):
         """Episodes of any lengths, as users keep them (Minari's EpisodeData, or dicts of arrays):
         each with observations (T_i + 1, O) and actions (T_i, A) or (T_i,), optionally rewards (T_i,) (costs =
-        -rewards), terminations and truncations (T_i,), read as attributes or as keys. Rows are padded to the
-        longest episode: the last observation repeats and the mask marks the real steps."""
+        -rewards) and terminations (T_i,) (terminal: the last one), read as attributes or as keys. Rows are padded
+        to the longest episode: the last observation repeats and the mask marks the real steps."""
         if isinstance(episodes, (dict, str)) or not hasattr(episodes, "__iter__"):
             raise TypeError(f"episodes must be a list (or an iterable) of episodes, got {type(episodes).__name__}")
         rows = []
@@ -1859,7 +1858,7 @@ class Trajectories:
                 raise ValueError(f"episodes[{i}] needs observations (T + 1, O) with T >= 1 and actions (T, A)")
             T = len(o) - 1
             fields = {"observations": o, "actions": as_float32(f"episodes[{i}].actions", get("actions"), (T, None))}
-            for key in ("rewards", "terminations", "truncations"):
+            for key in ("rewards", "terminations"):
                 if get(key) is not None:
                     fields[key] = as_float32(f"episodes[{i}].{key}", get(key), (T,))
             rows.append(fields)
@@ -2224,7 +2223,7 @@ class Rounds:
     """What the DAgger family shares from round to round: the aggregated data (it only grows), the expert
     (counting every state it is asked about: rows whose episode has ended and validation rollouts too), the
     retraining, and validation on the same episodes every round (cfg.val_seed). Every pair in the data is an
-    expert label, so the log's `labels` is the number of labels used. DAgger's guarantee is for the best
+    expert label, so the log's `data` is the number of labels used. DAgger's guarantee is for the best
     iterate on validation, not the last; of tied iterates the later one, trained on more data, counts as best."""
 
     def __init__(self, policy, env, expert, cfg, rng, obs=None, actions=None):
@@ -2265,8 +2264,7 @@ class Rounds:
         val = rollout(self.env, self.learner(), cfg.horizon, self.rng, expert=self.expert, seed=cfg.val_seed)
         wrong = np.linalg.norm(val.actions - val.labels, axis=2) > cfg.tol  # 1[||a - label|| > tol]
         cost, error = float(val.total_cost.mean()), float(wrong[val.mask].mean())
-        self.log.append(dict(round=len(self.log) + 1, data=n, labels=n, expert_calls=self.calls, cost=cost) | notes)
-        self.log[-1]["error"] = error
+        self.log.append(dict(round=len(self.log) + 1, data=n, expert_calls=self.calls, cost=cost, error=error) | notes)
         self.iterates.append(self.policy.copy())
 
     def result(self):
