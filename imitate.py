@@ -90,7 +90,7 @@ def linear_forward(x, W, b, out):
 def linear_backward(dout, x, W, dW, db, dx=None):
     """Writes dL/dW and dL/db (each layer runs once per step, so nothing is accumulated) and dL/dx if asked."""
     np.matmul(x.T, dout, out=dW)  # dL/dW = x^T dout (I, J)
-    np.sum(dout, 0, out=db)  # dL/db = sum_b dout (J,)
+    np.matmul(np.ones(len(dout), dout.dtype), dout, out=db)  # dL/db = 1^T dout (J,): a BLAS call, twice as fast as sum
     return None if dx is None else np.matmul(dout, W.T, out=dx)  # dL/dx = dout W^T (B, I)
 
 
@@ -912,9 +912,7 @@ class DiffusionHead(Head):
         self.action_dim = self.n_out = len(self.low)
         self.schedule = cosine_schedule(steps, shift=shift)
         self.input_scale = np.float32(_real("input_scale", input_scale, 1e-3, 1e3))
-        if isinstance(sample_steps, bool) or not isinstance(sample_steps, (int, np.integer)):
-            raise ValueError(f"sample_steps must be an integer, got {sample_steps!r}")
-        if not 1 <= sample_steps <= steps:
+        if not _positive_int("sample_steps", sample_steps) <= steps:
             raise ValueError(f"sample_steps must lie in [1, steps={steps}], got {sample_steps}")
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
@@ -1246,8 +1244,7 @@ def load_policy(path):
     of the network's size."""
 
     def read(z):
-        heads = {c.__name__: c for c in (L2Head, GaussianHead, MixtureHead, CategoricalHead, AutoregressiveHead)}
-        heads |= {c.__name__: c for c in (DiffusionHead, CVAEHead)}
+        heads = {c.__name__: c for c in Head.__subclasses__()}  # imitate's heads, and any a user defines
         kind = str(z["head"])
         if kind not in heads:
             raise ValueError(f"unknown head {kind!r}")
@@ -1617,7 +1614,7 @@ class Goals(VectorEnv):
         self.pos, self.goal, self.obs_dim = (
             np.zeros((self.num_envs, 2)),
             np.zeros((self.num_envs, 2)),
-            2 + 2 * observe_goal,
+            2 + 2 * self.observe_goal,
         )
 
     def reset(self, seed=None, options=None):
@@ -1849,38 +1846,33 @@ class Trajectories:
             raise TypeError(f"episodes must be a list (or an iterable) of episodes, got {type(episodes).__name__}")
         rows = []
         for i, ep in enumerate(episodes):
-
-            def get(key, ep=ep):
-                return ep.get(key) if isinstance(ep, dict) else getattr(ep, key, None)
-
+            get = ep.get if isinstance(ep, dict) else lambda key, ep=ep: getattr(ep, key, None)
             o = as_float32(f"episodes[{i}].observations", get("observations"), (None, None))
             if len(o) < 2 or get("actions") is None:
                 raise ValueError(f"episodes[{i}] needs observations (T + 1, O) with T >= 1 and actions (T, A)")
-            T = len(o) - 1
-            fields = {"observations": o, "actions": as_float32(f"episodes[{i}].actions", get("actions"), (T, None))}
-            for key in ("rewards", "terminations"):
-                if get(key) is not None:
-                    fields[key] = as_float32(f"episodes[{i}].{key}", get(key), (T,))
-            rows.append(fields)
+            shapes = {"actions": (len(o) - 1, None), "rewards": (len(o) - 1,), "terminations": (len(o) - 1,)}
+            fields = {
+                k: as_float32(f"episodes[{i}].{k}", get(k), shape) for k, shape in shapes.items() if get(k) is not None
+            }
+            rows.append({"observations": o, **fields})
         if not rows:
             raise ValueError("episodes is empty: need at least one episode")
         for key in ("observations", "actions", "rewards", "terminations"):
             if len({r[key].shape[1:] if key in r else None for r in rows}) > 1:
                 raise ValueError(f"every episode must have {key} of one width (or none have rewards/terminations)")
-        n, T = len(rows), max(len(r["actions"]) for r in rows)
-        out = {"observations": np.zeros((n, T + 1, rows[0]["observations"].shape[1]), np.float32)}
-        out["actions"] = np.zeros((n, T, rows[0]["actions"].shape[1]), np.float32)
-        out["costs"] = np.zeros((n, T), np.float32) if "rewards" in rows[0] else None
-        out["mask"], out["terminal"] = np.arange(T) < np.array([len(r["actions"]) for r in rows])[:, None], None
-        for i, r in enumerate(rows):
-            t = len(r["actions"])
-            out["observations"][i, : t + 1], out["observations"][i, t + 1 :] = r["observations"], r["observations"][-1]
-            out["actions"][i, :t] = r["actions"]
-            if out["costs"] is not None:
-                out["costs"][i, :t] = -r["rewards"]
-        if "terminations" in rows[0]:
-            out["terminal"] = np.array([r["terminations"][-1] != 0 for r in rows])
-        return cls(**out)
+        length = np.array([len(r["actions"]) for r in rows])
+        mask = np.arange(length.max()) < length[:, None]  # (n, T): each row's real steps come first
+
+        def pad(key, repeat=False):  # (n, T, ...) with zeros after each episode, or (n, T + 1, ...) repeating its last
+            out = np.zeros((len(rows), mask.shape[1] + repeat, *rows[0][key].shape[1:]), np.float32)
+            for i, r in enumerate(rows):
+                out[i, : len(r[key])] = r[key]
+                out[i, len(r[key]) :] = r[key][-1] if repeat else 0
+            return out
+
+        costs = -pad("rewards") if "rewards" in rows[0] else None
+        terminal = np.array([r["terminations"][-1] != 0 for r in rows]) if "terminations" in rows[0] else None
+        return cls(pad("observations", True), pad("actions"), costs, mask, terminal=terminal)
 
 
 def env_actions(env):
@@ -2108,9 +2100,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
         raise ValueError("beta > 0 and gate need an expert")
     T, handback = _positive_int("T", T), _positive_int("handback", handback)
     policy, expert, gate = (
-        _callable("policy", policy, True),
-        _callable("expert", expert, True),
-        _callable("gate", gate, True),
+        _callable(name, f, True) for name, f in (("policy", policy), ("expert", expert), ("gate", gate))
     )
     obs, info = env_reset(env, seed, options)
     to_env, goals, n = env_actions(env), info.get("goal"), len(obs)
@@ -2746,12 +2736,8 @@ def ppo(policy, env, rng, cfg=PPOConfig(), reward=None, value=None, evaluate=Non
             "ppo needs a stochastic head with an exact log-likelihood: Gaussian, mixture, categorical or autoregressive"
         )
     value = Policy(L2Head(1), policy.obs_dim, rng) if value is None else _config("value", value, Policy)
-    opt, grad, log, env_steps = (
-        Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm),
-        np.empty_like(policy.params),
-        [],
-        0,
-    )
+    opt, grad = Adam(policy.params.size, cfg.lr, max_norm=cfg.max_grad_norm), np.empty_like(policy.params)
+    log, env_steps = [], 0
     for it in range(_positive_int("iterations", cfg.iterations)):
         sampled = []  # the policy's own actions: the env may clip or round what it executes (Box, Discrete)
 

@@ -437,7 +437,7 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.AutoregressiveHead([1], [0]), "low < high"),
         (lambda: im.DiffusionHead([0], [1], steps=0), "steps must be an integer >= 1"),
         (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=11), "sample_steps must lie in"),
-        (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=0), "sample_steps must lie in"),
+        (lambda: im.DiffusionHead([0], [1], steps=10, sample_steps=0), "sample_steps must be an integer"),
         (lambda: im.ddim_sample(None, np.zeros((1, 1)), np.ones(5) * 0.5, 6), "steps must be an integer in"),
         (lambda: im.PPOConfig(clip=0), "clip must be a finite number in \\(0, 1\\)"),
         (lambda: im.PPOConfig(gamma=1.5), "gamma must be a finite number in \\[0, 1\\]"),
