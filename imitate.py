@@ -2141,7 +2141,8 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
             labels[:, t] = label
         if "success" in info:  # an env may report it only on the steps where some row ends
             success, reported = np.where(alive, info["success"], success), True
-        observations[:, t + 1] = np.where(alive[:, None], info["last"], observations[:, t])
+        observations[:, t + 1] = info["last"]
+        observations[~alive, t + 1] = observations[~alive, t]  # a row whose episode has ended keeps its last one
         terminal |= alive & terminated
         alive &= ~(terminated | truncated)
         new, pending = info["ended"] | pending, (terminated | truncated) & ~info["ended"]
