@@ -4,6 +4,7 @@
     python bench.py --quick                # a reduced run of every section, for CI
     python bench.py --seed 1 --json bench.json --plot bench.png
     python bench.py --markdown bench.json  # the README's results tables, from a record
+    python bench.py --jobs 1               # in one process (default: one worker per CPU; the same numbers)
 
 Sections: 1. compounding error on the road (BC ~ eps T^2, DAgger ~ eps T), 2. what each expert label buys,
 3. expressive heads on multimodal demonstrations (the tree), 4. every head on continuous control (a
@@ -14,14 +15,23 @@ or MISS. Each section's function says in its docstring what the section shows an
 """
 
 import argparse
+import contextlib
+import io
 import json
 import math
+import multiprocessing
+import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
 
-import numpy as np
+# One BLAS thread per process, set before numpy loads OpenBLAS: the bench runs one worker per core itself, and its
+# matmuls are small. Two workers with a BLAS thread pool each on 2 cores wait on each other (7 min for --quick).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 import imitate as im
 
@@ -88,12 +98,29 @@ def lookup(policy, lanes=ROAD["lanes"]):
     """policy.act on the road by table lookup: its observations take only 3 (2 lanes + 1) values, so evaluating
     131,072 episodes costs the world's kernel alone. The same actions as policy.act row by row."""
     moves = policy.act(im.road_features(lanes))  # (n_obs, 1)
+    # an observation's row in the table, (x + lanes) 3 + r + 1, as one dot product: the one-hot reading gives r + 1,
+    # the thermometer features x (each of the first `lanes` is x >= k, each of the last x <= -k)
+    row = np.concatenate([np.arange(3), np.full(lanes, 3), np.full(lanes, -3)]).astype(np.float32)
 
     def act(obs):
-        x = obs[:, 3 : 3 + lanes].sum(1) - obs[:, 3 + lanes :].sum(1)  # the offset, from the thermometer features
-        return moves[(x + lanes).astype(np.int64) * 3 + obs[:, :3].argmax(1)]
+        return moves[(obs @ row).astype(np.int64) + 3 * lanes]
 
     return act
+
+
+def road_cost(env, act, T, seed):
+    """Each episode's total cost on the road: rollout(env, act, T, rng, seed=seed).total_cost, number for number
+    (the same kernel, the same random numbers; no road episode ends before T), without recording trajectories,
+    which at 131,072 episodes cost three times the world itself. A stateful act (action chunks) is reset once, as
+    rollout does where every episode begins."""
+    obs, _ = env.reset(seed=seed)
+    if hasattr(act, "reset"):
+        act.reset(np.ones(env.num_envs, bool))
+    total = np.zeros(env.num_envs, np.float32)
+    for _ in range(T):
+        obs, reward, *_ = env.step(act(obs))
+        total -= reward
+    return total
 
 
 def compounding(seed, quick, figure):
@@ -122,12 +149,11 @@ def compounding(seed, quick, figure):
         held_env = im.Road((1 << 20 if not quick else 1 << 15) // T, T, **ROAD)  # fresh expert states per T
         held_out = im.rollout(held_env, None, T, rng, expert=held_env.expert, beta=1.0, seed=seed + 99 + T)
         obs, label = held_out.pairs()
-        eps_hat.append(float(np.mean(np.abs(runs["bc"][0].act(obs) - label) > 0.5)))  # BC's 0-1 error, expert states
+        wrong = np.abs(lookup(runs["bc"][0])(obs) - label) > 0.5  # BC's 0-1 error on expert states (policy.act's)
+        eps_hat.append(float(np.mean(wrong)))
         evaluation = im.Road(episodes, T, **ROAD)
         for k, (policy, labels, _) in runs.items():
-            cost = im.rollout(
-                evaluation, lookup(policy), T, rng, seed=seed + 1000 + T
-            ).total_cost  # common random numbers
+            cost = road_cost(evaluation, lookup(policy), T, seed + 1000 + T)  # common random numbers
             ci, boot = im.bootstrap_ci(cost, rng, n_boot=4000)
             exact = im.road_exact_cost(im.road_move_probs(policy.act(table)), T, **ROAD)[-1]
             for key, value in (("cost", cost.mean()), ("ci", ci), ("exact", exact), ("boot", boot), ("labels", labels)):
@@ -177,14 +203,15 @@ def labels(seed, quick, figure):
     of the members' mean actions, not of their argmax (members that pick the same move can still differ in
     how sure they are). Its curve need not be monotone: the queries follow where the members happen to
     disagree."""
-    T, budgets, lanes = 32, [256, 1024, 4096, 16384], ROAD["lanes"]
+    # quick: the two ends of the sweep only (BC's target compares them; the active DAgger target reads the last)
+    T, budgets, lanes = 32, [256, 16384] if quick else [256, 1024, 4096, 16384], ROAD["lanes"]
     train, rng = im.TrainConfig(steps=150 if quick else 300, lr=3e-3), np.random.default_rng(seed + 1)
     evaluation, table = im.Road(2048 if quick else 8192, T, **ROAD), im.road_features(lanes)
     methods = {k: {"labels": [], "cost": [], "ci": []} for k in METHODS}
     for budget in budgets:
         for k in METHODS:
             run = figure["road32"][k] if budget == budgets[-1] else road_method(k, T, budget, seed, rng, train)
-            cost = im.rollout(evaluation, lookup(run[0]), T, rng, seed=seed + 2000).total_cost  # common random numbers
+            cost = road_cost(evaluation, lookup(run[0]), T, seed + 2000)  # common random numbers
             methods[k]["labels"].append(int(run[1]))
             methods[k]["cost"].append(float(cost.mean()))
             methods[k]["ci"].append(im.bootstrap_ci(cost, rng)[0].tolist())
@@ -605,7 +632,7 @@ def confusion(seed, quick, figure):
                 policy.act(view(held.observations[:, :-1].reshape(-1, obs.shape[1]))) - held.labels.reshape(-1, 1)
             )
             errors[name].append((wrong > 0.5).reshape(len(held.mask), T).mean(1))  # every held-out episode runs T steps
-            costs[name].append(im.rollout(env(episodes, brake, s + 1000), policy.act, T, rng, seed=s + 1000).total_cost)
+            costs[name].append(road_cost(env(episodes, brake, s + 1000), policy.act, T, s + 1000))
             probs = im.road_move_probs(policy.act(brake_table if brake else table))
             exact[name].append(float(im.road_exact_cost(probs.reshape(-1, 5, 5) if brake else probs, T, **road)[-1]))
         say(f"  seed {s}: " + "  ".join(f"{k} {costs[k][-1].mean():.2f}" for k in names))
@@ -626,7 +653,7 @@ def confusion(seed, quick, figure):
 def non_markovian(seed, quick):
     """The cued tree: the side to pass on is shown only on the first step. The same mixture head, with and
     without a history of the last 8 observations (mirrored demonstrations, as in section 2)."""
-    rng, k, steps, record = np.random.default_rng(seed), 8, 500 if quick else 3000, {}
+    rng, k, steps, record = np.random.default_rng(seed), 8, 250 if quick else 3000, {}
     for name, make in (
         ("memoryless", lambda n: im.Tree(n, cue=True)),
         ("history", lambda n: im.History(im.Tree(n, cue=True), k)),
@@ -855,7 +882,7 @@ def road_chunks(seed, quick):
     im.bc(policy, obs, targets, rng, im.TrainConfig(steps=100 if quick else 300, lr=3e-3))
     evaluation, cost, ci = im.Road(1024 if quick else 2048, T, **ROAD), [], []
     for m in ROAD_M:
-        c = im.rollout(evaluation, im.ChunkedActor(policy.act, ROAD_K, m), T, rng, seed=seed + 1000).total_cost
+        c = road_cost(evaluation, im.ChunkedActor(policy.act, ROAD_K, m), T, seed + 1000)
         cost.append(float(c.mean()))
         ci.append(im.bootstrap_ci(c, rng)[0].tolist())
     say("  road " + "  ".join(f"m = {m}: {c:.3f}" for m, c in zip(ROAD_M, cost)))
@@ -1081,8 +1108,8 @@ def observation(seed, quick):
     transition is invertible; its inverse model sees positions only (the dynamics do not depend on the goal).
     At the walls pushing and standing still look the same, and the inferred labels go wrong there."""
     T, record = 30, {"bco": [], "bc_actions": []}
-    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=800 if quick else 2000, lr=1e-2))
-    cfg = replace(cfg, train=im.TrainConfig(steps=400 if quick else 1000, lr=3e-3))
+    cfg = im.BCOConfig(inverse=im.TrainConfig(steps=400 if quick else 2000, lr=1e-2))
+    cfg = replace(cfg, train=im.TrainConfig(steps=200 if quick else 1000, lr=3e-3))
     goals = np.random.default_rng(seed + 1).uniform(-1, 1, (500 if quick else 1000, 2)).astype(np.float32)
     evaluation = im.Goals(len(goals), T, observe_goal=True)
     for s in range(seed, seed + (2 if quick else 3)):
@@ -1338,7 +1365,7 @@ def adversarial(seed, quick):
     demos = im.rollout(demo_env, None, T, rng, expert=demo_env.expert, beta=1.0, seed=seed)
 
     def success(act):
-        return float(np.mean(im.rollout(evaluation, act, T, rng, seed=seed + 2).total_cost <= threshold))
+        return float(np.mean(road_cost(evaluation, act, T, seed + 2) <= threshold))
 
     def policy(k):
         return im.Policy(im.CategoricalHead(ROAD_MOVES), env.obs_dim, np.random.default_rng(seed + k))
@@ -1507,8 +1534,12 @@ def speed(seed, quick, figure):
         for _ in range(head.sample_steps):
             im.mlp_forward(policy.net, policy.params, x_in)
 
-    policy.sample(states, rng), forwards()
-    ratio_ddim = best_time(lambda: policy.sample(states, rng), reps) / best_time(forwards, reps)
+    def sample():
+        policy.sample(states, rng)
+
+    sample(), forwards()  # then interleaved, the fastest of each: a slow moment of the machine hits both alike
+    ddim, fwd = np.min([[best_time(f, 1) for f in (sample, forwards)] for _ in range(5 if quick else 10)], 0)
+    ratio_ddim = ddim / fwd
     return {
         "env_speedup_vs_python": python / compiled,
         "env_steps_per_second": steps_per_second["road"],
@@ -1662,6 +1693,13 @@ SECTIONS = [  # JSON key (None: the run's own top-level keys), title, run(seed, 
     (None, "Imitation and RL: beyond the expert, a shaped reward, and GAIL", rl, report_rl),
     ("speed", "Speed, measured side by side after warm-up", speed, report_speed),
 ]
+# With --jobs above 1, sections 1-10 run in worker processes, one group per task, about the longest first so that
+# the workers finish together; a group shares one figure (section 2 reuses section 1's policies). Every number is the
+# one a single process gives, seed for seed (each section draws from its own generators); the per-section seconds
+# (and section 3's timings per head) are then each worker's own, beside another busy core. Speed, after them all,
+# runs alone: its ratios are timings, and a busy other core would disturb them.
+GROUPS = [(1, 2), (3,), (5,), (4,), (6,), (10,), (8,), (7,), (9,)]
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def markdown(r):
@@ -1830,10 +1868,24 @@ def markdown(r):
     return "\n".join(out)
 
 
+def run_group(group, seed, quick):
+    """Run sections `group` (their numbers) in order in this process, sharing one figure, with each section's
+    progress lines captured: ([(number, part, printed text, seconds)], the figure's entries the plot reads)."""
+    figure, out = {}, []
+    for i in group:
+        text, start = io.StringIO(), time.perf_counter()
+        with contextlib.redirect_stdout(text):
+            part = SECTIONS[i - 1][2](seed, quick, figure)
+        out.append((i, part, text.getvalue(), time.perf_counter() - start))
+    figure.pop("road32", None)  # section 2's input (trained policies), not the plot's
+    return out, figure
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run of every section (CI-sized)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=CPUS, help=f"worker processes (default: the {CPUS} CPUs here)")
     parser.add_argument("--json", metavar="PATH", help="write the record as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw the figure (needs matplotlib)")
     parser.add_argument("--markdown", metavar="JSON", help="print the README's results tables from a record")
@@ -1848,13 +1900,35 @@ def main():
         return
     start = time.perf_counter()
     record, verdicts, figure = {"seed": args.seed, "quick": args.quick, "section_seconds": {}}, [], {}
-    for i, (key, title, run, report) in enumerate(SECTIONS, 1):
-        say(f"{chr(10) if i > 1 else ''}{i}. {title}")
-        section_start = time.perf_counter()
-        part = run(args.seed, args.quick, figure)
-        record |= part if key is None else {key: part}  # a section with several parts gives top-level keys
-        record["section_seconds"][str(i)] = time.perf_counter() - section_start
-        verdicts += report(part)
+    pool, tasks, done = None, {}, {}
+    if args.jobs > 1:  # GROUPS in worker processes, side by side; every other section after them, alone
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")  # fork: no re-import
+        pool = context.Pool(min(args.jobs, len(GROUPS)))
+        for group in GROUPS:
+            task = pool.apply_async(run_group, (group, args.seed, args.quick))
+            tasks |= dict.fromkeys(group, task)
+    try:
+        for i, (key, title, run, report) in enumerate(SECTIONS, 1):
+            say(f"{chr(10) if i > 1 else ''}{i}. {title}")
+            if pool is not None and i not in tasks:  # the groups (all before it) are done: it runs alone, in a worker
+                tasks[i] = pool.apply_async(run_group, ((i,), args.seed, args.quick))
+            if i in tasks:
+                if i not in done:
+                    results, part_figure = tasks[i].get()
+                    figure |= part_figure
+                    done |= {n: (part, text, seconds) for n, part, text, seconds in results}
+                part, text, seconds = done.pop(i)
+                print(text, end="", flush=True)
+            else:
+                section_start = time.perf_counter()
+                part = run(args.seed, args.quick, figure)
+                seconds = time.perf_counter() - section_start
+            record |= part if key is None else {key: part}  # a section with several parts gives top-level keys
+            record["section_seconds"][str(i)] = seconds
+            verdicts += report(part)
+    finally:
+        if pool is not None:
+            pool.terminate()
     record["seconds"] = time.perf_counter() - start
     say(f"\nTargets ({'quick run: reduced budgets, so misses are expected' if args.quick else 'full run'}):")
     for line in verdicts:
