@@ -1988,7 +1988,10 @@ class History:
         if self.obs is None:
             raise ValueError("History: call reset() before step()")
         obs, reward, terminated, truncated, info = env_step(self.env, actions)
-        a = as_float32("actions", actions, (len(obs), None))[:, : self.action_dim]
+        a = as_float32("actions", actions, (len(obs), None))
+        if a.shape[1] < self.action_dim:
+            raise ValueError(f"History's action_dim = {self.action_dim} exceeds the env's {a.shape[1]} action columns")
+        a = a[:, : self.action_dim]
         last, ended = self.push(info["last"], a), info["ended"]  # where an episode ended: its last window
         self.obs[ended], self.acts[ended] = 0, 0  # same-step autoreset: obs already starts the next episode
         self.obs[ended, -1] = obs[ended]
@@ -2095,7 +2098,7 @@ def rollout(env, policy, T, rng, *, expert=None, beta=0.0, gate=None, handback=2
     transition crosses an episode boundary. A stateful policy (action chunks, a recurrent policy) may have
     reset(rows): it is called with the rows whose observation starts a new episode before each call."""
     rng = _generator(rng)
-    beta, noise = _real("beta", beta, 0, 1), _real("noise", noise, 0)
+    beta, noise = _real("beta", beta, 0, 1), _real("noise", noise, 0, 1e6)  # a std; 1e39 would overflow float32
     if policy is None and (expert is None or beta < 1):
         raise ValueError("without a policy the expert must act: give expert and beta=1")
     if (beta > 0 or gate is not None) and expert is None:
@@ -2309,7 +2312,7 @@ def dart(policy, env, expert, noise, rng, cfg=DaggerConfig()):
     """DART (Laskey et al. 2017): the expert demonstrates with Gaussian noise of std `noise` added to the
     executed action, and each visited state is labeled with the expert's intended action, so the data
     holds small mistakes and the recoveries from them. Each round adds one batch of noisy demonstrations."""
-    noise = _real("noise", noise, 0)
+    noise = _real("noise", noise, 0, 1e6)
     rounds = Rounds(_config("policy", policy, Policy), env, expert, cfg, rng)
     for _ in range(cfg.rounds):
         # DART: the expert acts, its hand perturbed by N(0, noise^2); its intended actions are the labels
@@ -2411,7 +2414,7 @@ def augment(obs, expert, noise, copies, rng, columns=slice(None)):
     """Synthetic recovery data for continuous tasks: `copies` perturbed copies of every demonstrated
     observation, with N(0, noise^2) added to `columns`, each labelled by expert(perturbed observations). The
     expert must read the state from the observation (e.g. a goal-conditioned [position, goal])."""
-    rng, copies, noise = _generator(rng), _positive_int("copies", copies), _real("noise", noise, 0)
+    rng, copies, noise = _generator(rng), _positive_int("copies", copies), _real("noise", noise, 0, 1e6)
     _callable("expert", expert)
     synthetic = np.repeat(as_float32("obs", obs, (None, None)), copies, 0)
     columns = _columns("columns", columns, synthetic.shape[1])

@@ -431,6 +431,8 @@ def test_bad_input_raises_clear_errors():
         (lambda: im.road_exact_cost(np.zeros((21, 5)), 5, 0.1, 3), "move_probs rows must be probabilities"),
         (lambda: im.loglog_slope([1, 2], [0, 1]), "positive"),
         (lambda: im.MLP((3, 0, 2)), "sizes"),
+        (lambda: im.rollout(im.Road(2, 3), None, 3, rng, expert=zero1, beta=1.0, noise=1e39), "noise must be"),
+        (lambda: im.rollout(im.History(im.Road(2, 3), 2, action_dim=3), zero1, 3, rng), "action_dim = 3 exceeds"),
         (lambda: im.MLP((3, 2), "sigmoid"), "activation"),
         (lambda: im.CategoricalHead([1, 1]), "distinct"),
         (lambda: im.AutoregressiveHead([0], [1], bins=1), "bins must be an integer >= 2"),
@@ -2399,6 +2401,10 @@ def test_the_odd_inputs_users_met_get_clear_errors_or_work():
     for call, message in cases:
         with pytest.raises((ValueError, TypeError), match=message):
             call()
+
+
+def zero1(o):
+    return np.zeros((len(o), 1), np.float32)
 
 
 def zero2(o):
