@@ -465,8 +465,8 @@ def _log_std_bounds(lo, hi):
 
 
 def _action_bounds(low, high):
-    low, high = np.atleast_1d(np.asarray(low, np.float32)), np.atleast_1d(np.asarray(high, np.float32))
-    if low.shape != high.shape or low.ndim != 1 or not (np.isfinite(low).all() and np.isfinite(high).all()):
+    low, high = (np.atleast_1d(as_float32(name, x)) for name, x in (("low", low), ("high", high)))  # real, finite
+    if low.shape != high.shape or low.ndim != 1:
         raise ValueError(f"low and high must be finite 1-D arrays of one shape, got {low}, {high}")
     if np.any(low >= high):
         raise ValueError(f"bounds need low < high in every dimension, got low={low}, high={high}")

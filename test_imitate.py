@@ -457,6 +457,8 @@ def test_bad_input_raises_clear_errors():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+    with pytest.raises(TypeError, match="low must hold real numbers"):
+        im.AutoregressiveHead([1j], [2])  # not cast to its real part
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         im.bc(policy, obs, act, rng=0)
 
